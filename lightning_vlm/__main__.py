@@ -1,0 +1,3 @@
+from lightning_vlm.cli import main
+
+main()

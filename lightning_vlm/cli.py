@@ -1,0 +1,54 @@
+"""`lightning-vlm` command line.
+
+Training verbs (fit/validate/test/predict) go to LightningCLI, so every experiment is
+a YAML file whose `model` and `data` name their classes by class path. The other
+verbs (`data`, `plugins`) are small argparse programs of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+LIGHTNING_VERBS = {"fit", "validate", "test", "predict"}
+
+
+def lightning_main(args: list[str] | None = None) -> None:
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv else "--help"
+    if verb == "data":
+        from lightning_vlm.data.cli import data_main
+
+        sys.exit(data_main(argv[1:]))
+    if verb == "plugins":
+        from lightning_vlm.registry import plugins_main
+
+        sys.exit(plugins_main(argv[1:]))
+    if verb in LIGHTNING_VERBS or verb.startswith("-"):
+        if verb in ("-h", "--help"):
+            print(
+                "usage: lightning-vlm {fit,validate,test,predict} --config FILE [...]\n"
+                "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
+                "       lightning-vlm plugins"
+            )
+            return
+        lightning_main(argv)
+        return
+    sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, plugins")
+
+
+if __name__ == "__main__":
+    main()
