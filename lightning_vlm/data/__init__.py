@@ -1,0 +1,1 @@
+"""Data: the smart-watch generator, shards, tokenizer, sequence building and the DataModule."""

@@ -1,0 +1,97 @@
+"""Turns decoded samples into padded token sequences with the masks the model needs.
+
+Sequence format (one example per sample):
+  <bos> <user> [<boi> <image>*N_in <eoi>] question <eot> <assistant> answer [<boi> <image>*N_out <eoi>] <eot> ...
+The input image sits inside the first user turn of understanding samples; the output
+image closes the assistant turn of generation samples. `<image>` is a placeholder
+whose embedding the model replaces with image features.
+
+Masks ([B, L] bool):
+  loss_mask       tokens that are text-loss targets: assistant text, its <eot>, and
+                  the <boi>/<eoi> the model must write around a generated image
+  image_in_mask   slots of input (understanding) image tokens
+  image_out_mask  slots of output (generated) image tokens
+  attention_mask  real tokens (False on padding)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .smartwatch.tasks import TASKS
+from .tokenizer import ASSISTANT, BOI, BOS, EOI, EOT, IMAGE, PAD, USER, TextTokenizer
+
+TASK_INDEX = {t: i for i, t in enumerate(TASKS)}
+
+
+@dataclass
+class SequenceBuilder:
+    tokenizer: TextTokenizer
+    image_tokens_in: int = 64
+    image_tokens_out: int = 64
+
+    def __post_init__(self):
+        t = self.tokenizer
+        self.bos, self.user, self.assistant, self.eot = t.id(BOS), t.id(USER), t.id(ASSISTANT), t.id(EOT)
+        self.boi, self.eoi, self.image, self.pad = t.id(BOI), t.id(EOI), t.id(IMAGE), t.id(PAD)
+
+    def encode(self, meta: dict) -> dict[str, list]:
+        """Token ids and per-token flags for one sample (lists of equal length)."""
+        ids, loss, img_in, img_out = [self.bos], [False], [False], [False]
+
+        def add(tokens, is_loss=False, is_in=False, is_out=False):
+            ids.extend(tokens)
+            loss.extend([is_loss] * len(tokens))
+            img_in.extend([is_in] * len(tokens))
+            img_out.extend([is_out] * len(tokens))
+
+        task = meta["task"]
+        first_user = True
+        for turn in meta["conversations"]:
+            text = self.tokenizer.encode(turn["text"])
+            if turn["role"] == "user":
+                add([self.user])
+                if first_user and task != "generation":
+                    add([self.boi])
+                    add([self.image] * self.image_tokens_in, is_in=True)
+                    add([self.eoi])
+                first_user = False
+                add(text)
+                add([self.eot])
+            elif turn["role"] == "assistant":
+                add([self.assistant])
+                add(text, is_loss=True)
+                if task == "generation":
+                    add([self.boi], is_loss=True)
+                    add([self.image] * self.image_tokens_out, is_out=True)
+                    add([self.eoi], is_loss=True)
+                add([self.eot], is_loss=True)
+            else:
+                raise ValueError(f"unknown role '{turn['role']}' in sample of task {task}")
+        return {"input_ids": ids, "loss_mask": loss, "image_in_mask": img_in, "image_out_mask": img_out}
+
+
+def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+    """Pads encoded samples (dicts from `SequenceBuilder.encode` plus image/meta) into a batch."""
+    longest = max(len(s["input_ids"]) for s in samples)
+    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    b = len(samples)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    masks = {name: torch.zeros((b, length), dtype=torch.bool) for name in ("attention_mask", "loss_mask", "image_in_mask", "image_out_mask")}
+    for i, s in enumerate(samples):
+        n = len(s["input_ids"])
+        input_ids[i, :n] = torch.tensor(s["input_ids"])
+        masks["attention_mask"][i, :n] = True
+        for name in ("loss_mask", "image_in_mask", "image_out_mask"):
+            masks[name][i, :n] = torch.tensor(s[name])
+    return {
+        "input_ids": input_ids,
+        **masks,
+        "images": torch.stack([s["image"] for s in samples]),
+        "task": torch.tensor([TASK_INDEX[s["meta"]["task"]] for s in samples]),
+        "is_padding": torch.tensor([bool(s.get("is_padding", False)) for s in samples]),
+        "keys": [s["key"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }

@@ -1,0 +1,309 @@
+"""SmartWatchDataModule: streams WebDataset shards as a weighted mix of tasks.
+
+DDP safety: each (rank, worker) slot reads an exact, equal slice of every task, worked
+out from (seed, epoch) alone (see `epoch_plan`). Batches are formed inside the worker,
+so every rank yields exactly `len(dataloader)` batches even when there are fewer shards
+than ranks x workers; evaluation covers each sample once, padding the last slices with
+copies flagged `is_padding`. Bad samples are skipped with a warning, counted in
+`batch["skipped"]`, and replaced by a repeat of a good one so the counts stay equal.
+
+Task weights: a preset runs one pass per epoch over the named tasks ("mixed": all
+three, "understanding_only": vqa + caption, "generation_only": generation); a
+{task: weight} mapping makes each task that share of `epoch_samples` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .collate import SequenceBuilder, collate
+from .epoch_plan import slot_quota, slot_segments
+from .shards import decode_sample, iter_raw_samples, load_manifest, task_shards
+from .smartwatch.tasks import TASKS
+from .tokenizer import PAD, TextTokenizer
+
+log = logging.getLogger("lightning_vlm.data")
+
+PRESETS = {
+    "mixed": ("vqa", "caption", "generation"),
+    "understanding_only": ("vqa", "caption"),
+    "generation_only": ("generation",),
+}
+
+
+def resolve_task_samples(weights: str | dict[str, float], pool_sizes: dict[str, int], epoch_samples: int | None) -> dict[str, int]:
+    """Samples of each task per epoch (summed over all ranks)."""
+    if isinstance(weights, str):
+        if weights not in PRESETS:
+            raise ValueError(f"unknown task_weights preset '{weights}'; use one of {', '.join(PRESETS)} or a {{task: weight}} mapping")
+        chosen = {t: pool_sizes.get(t, 0) for t in PRESETS[weights]}
+        if epoch_samples is None:
+            return chosen
+        weights = {t: float(n) for t, n in chosen.items()}
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"task_weights: unknown task(s) {sorted(unknown)}; known: {', '.join(TASKS)}")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError("task_weights must be >= 0 and not all zero")
+    missing = [t for t, w in weights.items() if w > 0 and pool_sizes.get(t, 0) == 0]
+    if missing:
+        raise ValueError(f"task_weights asks for {missing} but the data has no such samples")
+    total = epoch_samples if epoch_samples is not None else sum(pool_sizes.get(t, 0) for t, w in weights.items() if w > 0)
+    norm = sum(weights.values())
+    return {t: int(round(total * w / norm)) for t, w in weights.items() if w > 0}
+
+
+class ShardStream(IterableDataset):
+    """Collated batches of one split for one (rank, worker) slot; see the module docstring."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        split: str,
+        task_samples: dict[str, int],
+        builder: SequenceBuilder,
+        batch_size: int,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        max_length: int | None = None,
+        image_size: int | None = None,
+    ):
+        manifest = load_manifest(data_dir)
+        self.shards = {t: task_shards(manifest, data_dir, split, t) for t in task_samples}
+        self.task_samples = {t: n for t, n in task_samples.items() if n > 0 and self.shards[t]}
+        self.split, self.builder, self.batch_size, self.train = split, builder, batch_size, train
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
+        self.image_size = image_size if image_size is not None else manifest.get("image_size")
+        self.epoch = 0
+        if len(self) == 0:
+            raise ValueError(
+                f"split '{split}' gives no batch per rank: {sum(self.task_samples.values())} samples over "
+                f"{self.num_slots} rank x worker slots with batch size {batch_size}; use fewer workers or a smaller batch"
+            )
+
+    @property
+    def num_slots(self) -> int:
+        return self.world_size * max(1, self.num_workers)
+
+    def quotas(self) -> dict[str, int]:
+        return {t: slot_quota(sum(n for _, n in self.shards[t]), n, self.num_slots, self.train) for t, n in self.task_samples.items()}
+
+    def batches_per_slot(self) -> int:
+        q = sum(self.quotas().values())
+        return q // self.batch_size if self.train else -(-q // self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (all its workers together)."""
+        return self.batches_per_slot() * max(1, self.num_workers)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _slot(self) -> int:
+        info = get_worker_info()
+        return self.rank * max(1, self.num_workers) + (info.id if info is not None else 0)
+
+    def _task_stream(self, task: str, slot: int, counter: dict) -> Iterator[dict]:
+        """Exactly `quota` decoded samples of `task` for this slot, whatever was unreadable."""
+        quota = self.quotas()[task]
+        segments = slot_segments(self.shards[task], self.task_samples[task], self.epoch, slot, self.num_slots, self.seed, task, self.train)
+        produced, last_good = 0, None
+
+        def on_error(msg: str) -> None:
+            counter["skipped"] += 1
+            log.warning("skipped bad data in split %s: %s", self.split, msg)
+
+        for seg in segments:
+            for pos, raw in enumerate(iter_raw_samples(seg.path, on_error)):
+                if pos < seg.start:
+                    continue
+                if pos >= seg.stop:
+                    break
+                sample = self._prepare(raw, on_error)
+                if sample is None:
+                    continue
+                sample["is_padding"] = seg.padding
+                last_good = sample
+                produced += 1
+                yield sample
+        if produced < quota:
+            if last_good is None:
+                raise RuntimeError(f"no readable {task} sample in split {self.split} for slot {slot}; check the shards under {Path(self.shards[task][0][0]).parent}")
+            for _ in range(quota - produced):  # keep counts equal across ranks
+                yield {**last_good, "is_padding": not self.train or last_good["is_padding"]}
+
+    def _prepare(self, raw: dict, on_error) -> dict | None:
+        try:
+            sample = decode_sample(raw, self.image_size)
+            sample.update(self.builder.encode(sample["meta"]))
+        except (ValueError, KeyError, TypeError) as exn:
+            on_error(str(exn))
+            return None
+        if self.max_length is not None and len(sample["input_ids"]) > self.max_length:
+            on_error(f"sample {sample['key']}: {len(sample['input_ids'])} tokens > max_length {self.max_length}")
+            return None
+        return sample
+
+    def _samples(self, slot: int, counter: dict) -> Iterator[dict]:
+        """Tasks interleaved in a random order that keeps each task's exact count, then shuffled locally."""
+        quotas = self.quotas()
+        rng = np.random.default_rng([self.seed, self.epoch, slot, 7])
+        order = np.repeat(np.arange(len(quotas)), list(quotas.values()))
+        if self.train:
+            rng.shuffle(order)
+        streams = [self._task_stream(t, slot, counter) for t in quotas]
+        buffer: list[dict] = []
+        for i in order:
+            buffer.append(next(streams[i]))
+            if not self.train:
+                yield buffer.pop()
+            elif len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer)))) if self.train else buffer.pop(0)
+
+    def __iter__(self) -> Iterator[dict]:
+        slot = self._slot()
+        counter = {"skipped": 0}
+        batch: list[dict] = []
+        emitted, limit = 0, self.batches_per_slot()
+        for sample in self._samples(slot, counter):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch, counter)
+                batch, emitted = [], emitted + 1
+                if emitted == limit:
+                    return
+        if batch and not self.train:
+            yield self._collate(batch, counter)
+
+    def _collate(self, batch: list[dict], counter: dict) -> dict:
+        out = collate(batch, self.builder.pad)
+        out["skipped"] = counter["skipped"]
+        counter["skipped"] = 0
+        return out
+
+
+class _EpochLoader(DataLoader):
+    """Hands the trainer's epoch to the dataset before workers copy it (Lightning's set_epoch only reaches samplers)."""
+
+    def __init__(self, dataset: ShardStream, epoch_fn, **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epoch_fn())
+        return super().__iter__()
+
+
+class SmartWatchDataModule(pl.LightningDataModule):
+    """Mixed-task batches from the shards written by `lightning-vlm data smartwatch`.
+
+    Args:
+        data_dir: folder holding manifest.json, tokenizer.json and the shards.
+        task_weights: "mixed", "understanding_only", "generation_only", or {task: weight}.
+        batch_size: samples per batch and rank; `eval_batch_size` for val/test (default: same).
+        num_workers: DataLoader worker processes per rank.
+        image_tokens_in / image_tokens_out: image slots per input / output image (the encoders' token counts).
+        epoch_samples: samples per epoch over all ranks (default: one pass for presets).
+        eval_tasks: tasks evaluated in val/test (default: every task the split has).
+        max_length: longer samples are skipped and counted.
+        tokenizer: a tokenizer.json to use instead of the one beside the data.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/smartwatch",
+        task_weights: str | dict[str, float] = "mixed",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_tokens_in: int = 64,
+        image_tokens_out: int = 64,
+        epoch_samples: int | None = None,
+        eval_tasks: list[str] | None = None,
+        max_length: int | None = None,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        tokenizer: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+        self.manifest = load_manifest(self.data_dir)
+        self.tokenizer = TextTokenizer.from_file(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])
+        self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out)
+        self.train_task_samples = resolve_task_samples(task_weights, self.pool_sizes(train_split), epoch_samples)
+        bad = set(eval_tasks or []) - set(TASKS)
+        if bad:
+            raise ValueError(f"eval_tasks: unknown task(s) {sorted(bad)}; known: {', '.join(TASKS)}")
+        self.skipped_samples = 0
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    def pool_sizes(self, split: str) -> dict[str, int]:
+        return {t: e["samples"] for t, e in self.manifest["splits"].get(split, {}).items()}
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def stream(self, split: str, train: bool) -> ShardStream:
+        rank, world = self._rank_world()
+        if train:
+            task_samples = self.train_task_samples
+        else:
+            sizes = self.pool_sizes(split)
+            task_samples = {t: sizes[t] for t in (self.hparams.eval_tasks or sizes) if t in sizes}
+        return ShardStream(
+            self.data_dir, split, task_samples, self.builder,
+            batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),
+            train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
+            seed=self.hparams.seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
+        )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.manifest["splits"].get(split):
+            raise ValueError(f"{self.data_dir} has no '{split}' split; it has {', '.join(self.manifest['splits'])}")
+        w = self.hparams.num_workers
+        return _EpochLoader(
+            self.stream(split, train),
+            epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            num_workers=w,
+            persistent_workers=False,  # workers must pick up the new epoch's plan
+            prefetch_factor=2 if w > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.test_split, train=False)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        skipped = int(batch.get("skipped", 0))
+        self.skipped_samples += skipped
+        return batch
