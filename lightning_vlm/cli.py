@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_vlm.data.cli import data_main
 
         sys.exit(data_main(argv[1:]))
+    if verb == "encode":
+        from lightning_vlm.encoders.cache import encode_main
+
+        sys.exit(encode_main(argv[1:]))
     if verb == "plugins":
         from lightning_vlm.registry import plugins_main
 
@@ -42,12 +46,13 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 "usage: lightning-vlm {fit,validate,test,predict} --config FILE [...]\n"
                 "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
+                "       lightning-vlm encode --encoder NAME --checkpoint FILE --data DIR\n"
                 "       lightning-vlm plugins"
             )
             return
         lightning_main(argv)
         return
-    sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, plugins")
+    sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, encode, plugins")
 
 
 if __name__ == "__main__":

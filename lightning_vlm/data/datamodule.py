@@ -15,6 +15,7 @@ three, "understanding_only": vqa + caption, "generation_only": generation); a
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,8 @@ from .smartwatch.tasks import TASKS
 from .tokenizer import PAD, TextTokenizer
 
 log = logging.getLogger("lightning_vlm.data")
+# Our __len__ is exact per rank (batches are planned per worker), so Lightning's caution does not apply.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 PRESETS = {
     "mixed": ("vqa", "caption", "generation"),

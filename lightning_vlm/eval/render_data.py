@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Mapping
 
 import lightning.pytorch as pl
 import numpy as np
@@ -156,7 +157,8 @@ class RenderedWatchDataModule(pl.LightningDataModule):
         augment: Augment | None = Augment(),
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # under LightningCLI, hparams hold the raw config: `augment` may be a dict there
+        self.augment = Augment(**augment) if isinstance(augment, Mapping) else augment
 
     def _loader(self, split: str, size: int, augment: Augment | None, sampler=None) -> DataLoader:
         h = self.hparams
@@ -170,7 +172,7 @@ class RenderedWatchDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        return self._loader("train", h.train_size, h.augment, EpochShiftSampler(h.train_size))
+        return self._loader("train", h.train_size, self.augment, EpochShiftSampler(h.train_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.val_size, None)

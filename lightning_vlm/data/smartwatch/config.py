@@ -65,6 +65,7 @@ class GeneratorConfig:
     )
     tasks: dict[str, TaskConfig] = field(default_factory=lambda: {t: TaskConfig() for t in TASKS})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    constrained_splits: list[str] = field(default_factory=lambda: ["train"])  # where task constraints apply
 
     def split_seed(self, split: str) -> int:
         s = self.splits[split].seed
@@ -73,6 +74,9 @@ class GeneratorConfig:
     def images_for(self, split: str, task: str) -> int:
         images = self.splits[split].images
         return int(images.get(task, 0) if isinstance(images, dict) else images)
+
+    def constraints_for(self, split: str, pool_task: str) -> dict:
+        return self.tasks[pool_task].constraints if split in self.constrained_splits else {}
 
     def enabled_tasks(self) -> list[str]:
         return [t for t in TASKS if self.tasks[t].enabled]

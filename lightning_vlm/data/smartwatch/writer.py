@@ -55,7 +55,7 @@ def image_id(split: str, pool: str, index: int) -> str:
 
 
 def draw_image_attributes(cfg: GeneratorConfig, split: str, pool: str, index: int, exclude=frozenset()) -> WatchAttributes:
-    constraints = cfg.tasks[pool].constraints if pool != SHARED_POOL else cfg.tasks[cfg.enabled_tasks()[0]].constraints
+    constraints = cfg.constraints_for(split, cfg.enabled_tasks()[0] if pool == SHARED_POOL else pool)
     rng = image_rng(cfg, split, pool, index)
     attrs = sample_attributes(rng, constraints)
     while attrs.key() in exclude:  # test images that repeat a train tuple are redrawn

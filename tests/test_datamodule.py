@@ -1,0 +1,117 @@
+"""The DataModule: equal batches per rank, exact coverage, masks, and tolerance of bad data."""
+
+import io
+import json
+import shutil
+
+import pytest
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from lightning_vlm.data.collate import TASK_INDEX
+from lightning_vlm.data.datamodule import ShardStream, SmartWatchDataModule, resolve_task_samples
+from lightning_vlm.data.shards import iter_raw_samples, load_manifest
+
+
+def rank_batches(data_dir, rank, world, workers, train=True, batch_size=3, split="train", epoch=0, tasks=None):
+    dm = SmartWatchDataModule(str(data_dir), num_workers=workers, image_tokens_in=4, image_tokens_out=5)
+    sizes = dm.pool_sizes(split)
+    ds = ShardStream(str(data_dir), split, tasks or sizes, dm.builder, batch_size, train, rank=rank, world_size=world, num_workers=workers)
+    ds.set_epoch(epoch)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+    return ds, batches
+
+
+def keys_of(batches, real_only=True):
+    return [k for b in batches for k, pad in zip(b["keys"], b["is_padding"].tolist()) if not (real_only and pad)]
+
+
+def test_two_ranks_two_workers_three_shards_get_equal_batches(tiny_data):
+    assert len(load_manifest(tiny_data)["splits"]["train"]["vqa"]["shards"]) == 3
+    results = [rank_batches(tiny_data, rank, 2, 2) for rank in range(2)]
+    counts = [len(b) for _, b in results]
+    assert counts[0] == counts[1] == len(results[0][0]) > 0
+    keys = keys_of(results[0][1]) + keys_of(results[1][1])
+    assert len(keys) == len(set(keys)) == 36  # 3 tasks x 12 samples, each exactly once
+
+
+def test_each_epoch_reshuffles(tiny_data):
+    _, e0 = rank_batches(tiny_data, 0, 2, 2, epoch=0)
+    _, e1 = rank_batches(tiny_data, 0, 2, 2, epoch=1)
+    assert keys_of(e0) != keys_of(e1)
+
+
+def test_evaluation_sees_every_sample_once_and_pads_equally(tiny_data):
+    results = [rank_batches(tiny_data, rank, 2, 2, train=False, split="val") for rank in range(2)]
+    assert len(results[0][1]) == len(results[1][1]) == len(results[0][0])
+    real = keys_of(results[0][1]) + keys_of(results[1][1])
+    assert len(real) == len(set(real)) == 15  # 5 images x 3 tasks
+    padded = [k for _, b in results for k in keys_of(b, real_only=False)]
+    assert len(padded) == 4 * 2 * 3  # ceil(5 / 4 slots) per task per slot
+
+
+def test_more_slots_than_samples_still_balanced(tiny_data):
+    # 8 slots for 5 val samples per task: some slots hold only padding
+    results = [rank_batches(tiny_data, rank, 4, 2, train=False, split="val", batch_size=4) for rank in range(4)]
+    assert len({len(b) for _, b in results}) == 1
+    real = [k for _, b in results for k in keys_of(b)]
+    assert len(real) == len(set(real)) == 15
+
+
+def test_masks_follow_the_sequence_format(tiny_data):
+    dm = SmartWatchDataModule(str(tiny_data), batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
+    batch = next(iter(dm.train_dataloader()))
+    for i, meta in enumerate(batch["meta"]):
+        n_in, n_out = int(batch["image_in_mask"][i].sum()), int(batch["image_out_mask"][i].sum())
+        if meta["task"] == "generation":
+            assert (n_in, n_out) == (0, 5)
+        else:
+            assert (n_in, n_out) == (4, 0)
+        assert int(batch["task"][i]) == TASK_INDEX[meta["task"]]
+        target = dm.tokenizer.decode(batch["input_ids"][i][batch["loss_mask"][i]].tolist())
+        assert target == "".join(t["text"] for t in meta["conversations"] if t["role"] == "assistant")
+        assert not (batch["loss_mask"][i] & ~batch["attention_mask"][i]).any()
+
+
+def test_presets_and_weights():
+    sizes = {"vqa": 100, "caption": 100, "generation": 50}
+    assert resolve_task_samples("mixed", sizes, None) == sizes
+    assert resolve_task_samples("understanding_only", sizes, None) == {"vqa": 100, "caption": 100}
+    assert resolve_task_samples({"vqa": 3, "generation": 1}, sizes, 400) == {"vqa": 300, "generation": 100}
+    with pytest.raises(ValueError, match="unknown task_weights preset 'mixd'"):
+        resolve_task_samples("mixd", sizes, None)
+
+
+def test_missing_data_dir_fails_with_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lightning-vlm data smartwatch"):
+        SmartWatchDataModule(str(tmp_path / "nowhere"))
+
+
+def damage(data_dir):
+    """Corrupt one PNG, break one JSON and truncate one tar of the train vqa shards."""
+    shards = sorted((data_dir / "train").glob("vqa-*.tar"))
+    raws = list(iter_raw_samples(str(shards[0]), on_error=pytest.fail))
+    raws[0]["png"] = b"\x89PNG not really"
+    raws[1]["json"] = b"{broken"
+    with wds.TarWriter(str(shards[0]), encoder=False) as sink:
+        for raw in raws:
+            sink.write({k: v for k, v in raw.items() if k in ("__key__", "png", "json")})
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])
+
+
+def test_bad_samples_are_skipped_counted_and_replaced(tiny_data, tmp_path, caplog):
+    data = tmp_path / "damaged"
+    shutil.copytree(tiny_data, data)
+    damage(data)
+    results = [rank_batches(data, rank, 2, 2) for rank in range(2)]
+    assert len(results[0][1]) == len(results[1][1]) == len(results[0][0])  # still balanced
+    skipped = sum(b["skipped"] for _, batches in results for b in batches)
+    assert skipped >= 3  # png, json and the truncated tail (grouped samples may fail twice)
+    dm = SmartWatchDataModule(str(data), batch_size=3, num_workers=0)
+    with caplog.at_level("WARNING", logger="lightning_vlm.data"):
+        for batch in dm.train_dataloader():
+            dm.on_before_batch_transfer(batch, 0)
+    assert dm.skipped_samples >= 3
+    assert any("corrupt png" in r.message for r in caplog.records)
+    assert any("malformed json" in r.message for r in caplog.records)
