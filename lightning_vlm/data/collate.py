@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .smartwatch.tasks import TASKS
 from .tokenizer import ASSISTANT, BOI, BOS, EOI, EOT, IMAGE, PAD, USER, TextTokenizer
 
 TASK_INDEX = {t: i for i, t in enumerate(TASKS)}
+MASKS = ("attention_mask", "loss_mask", "image_in_mask", "image_out_mask")
 
 
 @dataclass
@@ -49,8 +51,8 @@ class SequenceBuilder:
 
         task = meta["task"]
         first_user = True
-        for turn in meta["conversations"]:
-            text = self.tokenizer.encode(turn["text"])
+        texts = self.tokenizer.encode_batch([turn["text"] for turn in meta["conversations"]])
+        for turn, text in zip(meta["conversations"], texts):
             if turn["role"] == "user":
                 add([self.user])
                 if first_user and task != "generation":
@@ -78,17 +80,17 @@ def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> di
     longest = max(len(s["input_ids"]) for s in samples)
     length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     b = len(samples)
-    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
-    masks = {name: torch.zeros((b, length), dtype=torch.bool) for name in ("attention_mask", "loss_mask", "image_in_mask", "image_out_mask")}
+    input_ids = np.full((b, length), pad_id, dtype=np.int64)
+    masks = {name: np.zeros((b, length), dtype=bool) for name in MASKS}
     for i, s in enumerate(samples):
         n = len(s["input_ids"])
-        input_ids[i, :n] = torch.tensor(s["input_ids"])
+        input_ids[i, :n] = s["input_ids"]
         masks["attention_mask"][i, :n] = True
-        for name in ("loss_mask", "image_in_mask", "image_out_mask"):
-            masks[name][i, :n] = torch.tensor(s[name])
+        for name in MASKS[1:]:
+            masks[name][i, :n] = s[name]
     return {
-        "input_ids": input_ids,
-        **masks,
+        "input_ids": torch.from_numpy(input_ids),
+        **{name: torch.from_numpy(m) for name, m in masks.items()},
         "images": torch.stack([s["image"] for s in samples]),
         "task": torch.tensor([TASK_INDEX[s["meta"]["task"]] for s in samples]),
         "is_padding": torch.tensor([bool(s.get("is_padding", False)) for s in samples]),

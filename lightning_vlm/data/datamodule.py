@@ -199,11 +199,16 @@ class ShardStream(IterableDataset):
         return out
 
 
+def _already_collated(batch: dict) -> dict:
+    """Batches are built in the worker; skip torch's per-element conversion of the metadata."""
+    return batch
+
+
 class _EpochLoader(DataLoader):
     """Hands the trainer's epoch to the dataset before workers copy it (Lightning's set_epoch only reaches samplers)."""
 
     def __init__(self, dataset: ShardStream, epoch_fn, **kwargs):
-        super().__init__(dataset, batch_size=None, **kwargs)
+        super().__init__(dataset, batch_size=None, collate_fn=_already_collated, **kwargs)
         self._epoch_fn = epoch_fn
 
     def __iter__(self):

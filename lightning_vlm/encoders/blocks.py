@@ -16,6 +16,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def grid_to_tokens(fmap: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B, h*w, C] (row-major token order)."""
+    return fmap.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """[B, side*side, C] -> [B, C, side, side]; the inverse of `grid_to_tokens`."""
+    b, n, c = tokens.shape
+    if n != side * side:
+        raise ValueError(f"expected {side * side} tokens per image, got {n}")
+    return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+
 def norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4), channels)
 

@@ -8,7 +8,7 @@ The train sampler shifts its indices by the epoch, so each epoch sees fresh watc
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import lightning.pytorch as pl
@@ -157,8 +157,11 @@ class RenderedWatchDataModule(pl.LightningDataModule):
         augment: Augment | None = Augment(),
     ):
         super().__init__()
-        self.save_hyperparameters()  # under LightningCLI, hparams hold the raw config: `augment` may be a dict there
+        # LightningCLI hands nested dataclasses over as dicts; hparams keep a dict either way so
+        # checkpoints stay loadable with `weights_only=True`.
         self.augment = Augment(**augment) if isinstance(augment, Mapping) else augment
+        self.save_hyperparameters(ignore=["augment"])
+        self.hparams["augment"] = None if self.augment is None else asdict(self.augment)
 
     def _loader(self, split: str, size: int, augment: Augment | None, sampler=None) -> DataLoader:
         h = self.hparams

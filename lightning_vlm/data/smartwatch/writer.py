@@ -114,7 +114,7 @@ def run_job(cfg: GeneratorConfig, out: Path, job: ShardJob) -> dict:
         name = shard_name(job.split, task, job.index)
         path = out / name
         tmp = path.with_suffix(".tar.tmp")
-        with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:
+        with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
             for key, png, meta in items:
                 sink.write({"__key__": key, "png": png, "json": json.dumps(meta, sort_keys=True).encode()})
         os.replace(tmp, path)  # never leave a half-written shard under the final name

@@ -1,0 +1,223 @@
+"""Semantic image encoder: a small ViT trained SigLIP-style against captions, plus a pixel decoder.
+
+The study's "SigLIP" side at toy scale. Phase 1 (steps < `decoder_start`) trains the
+ViT and a small text transformer with the sigmoid image-caption loss, so the patch
+features carry what captions talk about (time, weather, battery, corners) rather than
+raw pixels. Phase 2 (the remaining steps of the same fit) freezes both towers and
+trains a conv pixel decoder on the ViT's patch features, so semantic tokens a VLM
+generates can be turned into images. One fit, one checkpoint.
+
+Captions come from the caption samples of a batch (the assistant turn), tokenised with
+the DataModule's tokenizer; train it with `task_weights: {caption: 1}`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ImageEncoder
+from .blocks import ConvDecoder, grid_to_tokens, tokens_to_grid
+from .training import ReconstructionMetrics, log_grid, param_groups, reconstruction_loss, warmup_cosine
+from .transformer import Transformer
+
+
+def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP loss of unit-norm embeddings [B, E]: every (image, caption) pair is one binary decision."""
+    logits = img @ txt.t() * scale.exp() + bias  # [B, B]
+    labels = 2 * torch.eye(len(img), device=img.device) - 1  # +1 on matched pairs, -1 elsewhere
+    return -F.logsigmoid(labels * logits).sum() / len(img)
+
+
+class SemanticEncoder(ImageEncoder):
+    """Continuous tokenizer: (image_size / patch_size)**2 ViT patch features of `width` channels.
+
+    Args:
+        image_size, patch_size: the token grid is image_size / patch_size per side.
+        width, depth, heads: the ViT.
+        vocab_size, max_text_len, text_width, text_depth, text_heads: the caption transformer
+            (vocab_size must cover the dataset tokenizer's).
+        embed_dim: shared image-text embedding size of the contrastive loss.
+        decoder_channels, decoder_blocks, decoder_attention: the pixel decoder (see blocks.ConvDecoder).
+        decoder_start: optimiser step at which phase 2 (decoder only) starts; must be below the run's steps.
+        loss, edge_weight: the decoder's pixel loss (see training.reconstruction_loss).
+        lr, decoder_lr, weight_decay, warmup_steps: AdamW; each phase warms up and decays on its own.
+        grid_images: images in the reconstruction grid logged on validation.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        patch_size: int = 8,
+        width: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        vocab_size: int = 1024,
+        max_text_len: int = 96,
+        text_width: int = 128,
+        text_depth: int = 3,
+        text_heads: int = 4,
+        embed_dim: int = 128,
+        decoder_channels: Sequence[int] = (64, 128, 256),
+        decoder_blocks: int = 2,
+        decoder_attention: bool = True,
+        decoder_start: int = 1000,
+        loss: str = "l1",
+        edge_weight: float = 1.0,
+        lr: float = 1e-3,
+        decoder_lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        grid_images: int = 16,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        self.side = image_size // patch_size
+        if self.side != image_size // 2 ** len(decoder_channels):
+            raise ValueError(f"the decoder upsamples by 2**len(decoder_channels) = {2 ** len(decoder_channels)}, but patches are {patch_size} px")
+        # image tower
+        self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.side * self.side, width) * 0.02)
+        self.vit = Transformer(width, depth, heads)
+        self.image_proj = nn.Linear(width, embed_dim)
+        # text tower
+        self.token_embed = nn.Embedding(vocab_size, text_width)
+        self.text_pos = nn.Parameter(torch.randn(1, max_text_len, text_width) * 0.02)
+        self.text = Transformer(text_width, text_depth, text_heads)
+        self.text_proj = nn.Linear(text_width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(2.302585))  # log 10, as SigLIP
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        # pixel decoder (phase 2)
+        self.decoder = ConvDecoder(width, decoder_channels, decoder_blocks, decoder_attention)
+        self.metrics = ReconstructionMetrics()
+        self.tokenizer = None  # set from the DataModule in setup(); needed for training only
+
+    # ---- contract ----------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return self.side * self.side
+
+    @property
+    def dim(self) -> int:
+        return self.hparams.width
+
+    @property
+    def image_size(self) -> int:
+        return self.hparams.image_size
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """images [B, 3, H, W] in [0, 1] -> (patch features [B, N, width], None)."""
+        self.check_images(images)
+        x = grid_to_tokens(self.patch_embed(images * 2 - 1)) + self.pos_embed  # [B, N, width]
+        return self.vit(x), None
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """features [B, N, width] -> images [B, 3, H, W] in [0, 1]."""
+        if not tokens.is_floating_point():
+            raise TypeError("the semantic encoder is continuous: decode takes features [B, N, D], not indices")
+        return ((self.pixels(tokens) + 1) / 2).clamp(0, 1)
+
+    def pixels(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, N, width] -> decoder output in [-1, 1] space (unclamped)."""
+        return self.decoder(tokens_to_grid(features, self.side))
+
+    # ---- contrastive towers ------------------------------------------------------------
+    def image_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(features.mean(dim=1)), dim=-1)
+
+    def text_embedding(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask [B, L] -> unit-norm [B, embed_dim] (mean over real tokens)."""
+        h = self.text(self.token_embed(ids) + self.text_pos[:, : ids.shape[1]], mask)  # [B, L, text_width]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return F.normalize(self.text_proj((h * m).sum(1) / m.sum(1).clamp(min=1)), dim=-1)
+
+    def caption_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, ids, mask) of the batch's real caption samples; captions are cut to max_text_len tokens."""
+        if self.tokenizer is None:
+            raise RuntimeError("the semantic encoder trains with a DataModule that has a `tokenizer` (SmartWatchDataModule)")
+        keep = [i for i, m in enumerate(batch["meta"]) if m["task"] == "caption" and not bool(batch["is_padding"][i])]
+        if not keep:
+            raise ValueError("the semantic encoder trains on caption samples: set the data's task_weights to {caption: 1}")
+        texts = [" ".join(t["text"] for t in batch["meta"][i]["conversations"] if t["role"] == "assistant") for i in keep]
+        seqs = [self.tokenizer.encode(t)[: self.hparams.max_text_len] for t in texts]
+        ids = torch.full((len(seqs), max(map(len, seqs))), self.tokenizer.id("<pad>"), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        mask = torch.arange(ids.shape[1])[None, :] < torch.tensor([len(s) for s in seqs])[:, None]  # [B, L]
+        return batch["images"][keep], ids.to(self.device), mask.to(self.device)
+
+    def contrastive(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmoid loss, in-batch image->caption top-1 accuracy) of the batch's captions."""
+        images, ids, mask = self.caption_batch(batch)
+        img = self.image_embedding(self.encode(images)[0]).float()
+        txt = self.text_embedding(ids, mask).float()
+        loss = sigmoid_contrastive_loss(img, txt, self.logit_scale, self.logit_bias)
+        acc = ((img @ txt.t()).argmax(dim=1) == torch.arange(len(img), device=img.device)).float().mean()
+        return loss, acc
+
+    # ---- training ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and tokenizer.vocab_size > self.hparams.vocab_size:
+            raise ValueError(f"the data's tokenizer has {tokenizer.vocab_size} tokens but the text tower {self.hparams.vocab_size}; raise model vocab_size")
+        self.tokenizer = tokenizer
+
+    @property
+    def decoder_phase(self) -> bool:
+        return self.global_step >= self.hparams.decoder_start
+
+    def decoder_loss(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Reconstruction loss of the decoder on frozen ViT features; returns (loss parts, output in [-1, 1])."""
+        with torch.no_grad():
+            features = self.encode(images)[0]
+        recon = self.pixels(features)
+        return reconstruction_loss(recon, images * 2 - 1, self.hparams.loss, self.hparams.edge_weight), recon
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        n = batch["images"].shape[0]
+        if self.decoder_phase:
+            rec, _ = self.decoder_loss(batch["images"])
+            self.log_dict({"train/decoder_loss": rec["loss"], "train/pixel": rec["pixel"], "train/edge": rec["edge"]}, batch_size=n, prog_bar=True)
+            return rec["loss"]
+        loss, acc = self.contrastive(batch)
+        self.log_dict({"train/contrastive": loss, "train/i2t_acc": acc, "train/logit_scale": self.logit_scale.exp()}, batch_size=n, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
+        images = batch["images"]
+        n = images.shape[0]
+        loss, acc = self.contrastive(batch)
+        rec, recon = self.decoder_loss(images)
+        self.log_dict({f"{stage}/contrastive": loss, f"{stage}/i2t_acc": acc, f"{stage}/decoder_loss": rec["loss"]}, batch_size=n)
+        recon01 = (recon.float() + 1) / 2
+        self.metrics.update(self, stage, recon01, images)
+        if stage == "val" and batch_idx == 0:
+            k = self.hparams.grid_images
+            log_grid(self, "val/reconstructions", images[:k], recon01[:k])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def configure_optimizers(self):
+        h = self.hparams
+        total = int(self.trainer.estimated_stepping_batches)
+        if not 0 <= h.decoder_start < total:
+            raise ValueError(f"decoder_start ({h.decoder_start}) must lie in [0, {total}), the steps of this run")
+        towers = [self.patch_embed, self.vit, self.image_proj, self.token_embed, self.text, self.text_proj]
+        tower_groups = param_groups(towers, h.weight_decay)
+        tower_groups[1]["params"] += [self.pos_embed, self.text_pos, self.logit_scale, self.logit_bias]
+        decoder_groups = [{**g, "lr": h.decoder_lr} for g in param_groups([self.decoder], h.weight_decay)]
+        opt = torch.optim.AdamW(tower_groups + decoder_groups, lr=h.lr, betas=(0.9, 0.98))
+        phase1 = warmup_cosine(h.decoder_start, min(h.warmup_steps, h.decoder_start))
+        phase2 = warmup_cosine(total - h.decoder_start, h.warmup_steps, start=h.decoder_start)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [phase1, phase1, phase2, phase2])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,44 @@
+"""A plain pre-LayerNorm transformer encoder, used by the semantic encoder's image and text towers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)); `mask` [B, L] marks real (True) tokens."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, h, L, d/h]
+        attn_mask = mask[:, None, None, :] if mask is not None else None  # [B, 1, 1, L]: keys each query may see
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h, L, d/h]
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """`depth` blocks then a final LayerNorm: [B, L, dim] -> [B, L, dim]."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)

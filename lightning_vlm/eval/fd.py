@@ -1,0 +1,71 @@
+"""FD-reader and KID-reader: Fréchet and kernel distances in the attribute reader's feature space.
+
+torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance` take any `nn.Module`
+as `feature`; we pass the reader's penultimate features, so nothing is downloaded and the
+numbers measure what the study cares about (legible watch attributes). They are *not* FID
+or KID and must not be reported as such.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from .reader import AttributeReader
+
+
+class ReaderFeatures(nn.Module):
+    """The reader's `features` as a torchmetrics feature extractor: [N, 3, H, W] -> [N, D] float.
+
+    The metrics are built with `normalize=True`, which for a custom extractor means they pass
+    float images in [0, 1] through untouched; uint8 images are accepted too and rescaled.
+    `num_features` spares torchmetrics its dummy forward pass. The reader stays in eval mode.
+    """
+
+    def __init__(self, reader: AttributeReader):
+        super().__init__()
+        self.reader = reader.eval()
+        self.num_features = reader.feature_dim
+
+    def train(self, mode: bool = True) -> "ReaderFeatures":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.reader.features(images.float())
+
+
+class ReaderDistances(nn.Module):
+    """Accumulates real and generated images, then reports FD-reader and KID-reader.
+
+    KID's subset size is capped at the smaller sample count at compute time, so a few
+    dozen images still give a (noisier) number instead of an error.
+    """
+
+    def __init__(self, reader: AttributeReader, kid_subsets: int = 100, kid_subset_size: int = 1000):
+        super().__init__()
+        features = ReaderFeatures(reader)
+        self.fd = FrechetInceptionDistance(feature=features, normalize=True)
+        self.kid = KernelInceptionDistance(feature=features, subsets=kid_subsets, subset_size=kid_subset_size, normalize=True)
+        self.kid_subset_size = kid_subset_size
+
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        """Adds a batch of float [B, 3, H, W] images in [0, 1] to the real or the generated set."""
+        self.fd.update(images, real=real)
+        self.kid.update(images, real=real)
+
+    def compute(self) -> dict[str, float]:
+        n = min(self.fd.real_features_num_samples.item(), self.fd.fake_features_num_samples.item())
+        if n < 2:
+            raise RuntimeError(f"FD-reader / KID-reader need at least 2 real and 2 generated images, got {n}")
+        self.kid.subset_size = min(self.kid_subset_size, n)
+        kid_mean, kid_std = self.kid.compute()
+        return {"fd_reader": float(self.fd.compute()), "kid_reader_mean": float(kid_mean), "kid_reader_std": float(kid_std)}
+
+    def reset(self) -> None:
+        self.fd.reset()
+        self.kid.reset()
