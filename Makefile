@@ -16,8 +16,8 @@ $(BIN)/lightning-vlm: pyproject.toml
 install: $(BIN)/lightning-vlm
 
 quickstart: install
-	@test -f $(DATA)/manifest.json || $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA)
-	$(BIN)/lightning-vlm data summary $(DATA)
+	@if [ -f $(DATA)/manifest.json ]; then $(BIN)/lightning-vlm data summary $(DATA); \
+	else $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA); fi
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -138,3 +139,9 @@ def test_cli_builds_and_reports(tmp_path):
     bad.write_text("splits: {train: {imagez: 3}}\n")
     res = subprocess.run(cmd[:6] + [str(tmp_path / "x"), "--config", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2 and "imagez" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/data/**/*.yaml")), ids=lambda p: p.name)
+def test_shipped_data_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.splits["train"].images
