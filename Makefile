@@ -11,6 +11,7 @@ $(BIN)/lightning-vlm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e plugins/lightning-vlm-flow
 	touch $@
 
 install: $(BIN)/lightning-vlm

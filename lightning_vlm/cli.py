@@ -16,6 +16,9 @@ def lightning_main(args: list[str] | None = None) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
+    from lightning_vlm.registry import import_all
+
+    import_all()  # plugin classes become nameable in YAML by their short class name
     LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,

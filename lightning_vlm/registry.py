@@ -8,6 +8,7 @@ built-ins exactly as a plugin package would.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from importlib.metadata import entry_points
 
 GROUPS = {"architectures": "lightning_vlm.architectures", "encoders": "lightning_vlm.encoders"}
@@ -32,12 +33,35 @@ def load(kind: str, name: str):
     return entries[name].load()
 
 
-def describe(kind: str) -> list[tuple[str, str, str, str]]:
-    """(name, target, distribution, version) for each registered plugin of `kind`."""
+def import_all() -> None:
+    """Imports every registered class, so LightningCLI resolves short class names (e.g. DiscreteVLM).
+
+    A plugin that fails to import (say, an optional extra is missing) is skipped here;
+    naming it in a config still fails with its own error.
+    """
+    for kind in GROUPS:
+        for ep in _entries(kind).values():
+            try:
+                ep.load()
+            except ImportError:
+                pass
+
+
+def missing_requirements(ep) -> list[str]:
+    """Modules a plugin class declares in `requires` that are not installed (e.g. transformers for hf)."""
+    try:
+        cls = ep.load()
+    except ImportError as exn:
+        return [getattr(exn, "name", None) or str(exn)]
+    return [m for m in getattr(cls, "requires", ()) if importlib.util.find_spec(m) is None]
+
+
+def describe(kind: str) -> list[tuple[str, str, str, str, list[str]]]:
+    """(name, target, distribution, version, missing requirements) for each registered plugin of `kind`."""
     rows = []
     for name, ep in sorted(_entries(kind).items()):
         dist = ep.dist
-        rows.append((name, ep.value, dist.name if dist else "?", dist.version if dist else "?"))
+        rows.append((name, ep.value, dist.name if dist else "?", dist.version if dist else "?", missing_requirements(ep)))
     return rows
 
 
@@ -50,6 +74,7 @@ def plugins_main(argv: list[str]) -> int:
         print(f"{kind}:")
         if not rows:
             print("  (none installed)")
-        for name, target, dist, version in rows:
-            print(f"  {name:<14} {dist} {version:<10} {target}")
+        for name, target, dist, version, missing in rows:
+            note = f"  (unavailable: needs {', '.join(missing)})" if missing else ""
+            print(f"  {name:<12} {dist + ' ' + version:<26} {target}{note}")
     return 0

@@ -282,7 +282,8 @@ class SmartWatchDataModule(pl.LightningDataModule):
             task_samples = self.train_task_samples
         else:
             sizes = self.pool_sizes(split)
-            task_samples = {t: sizes[t] for t in (self.hparams.eval_tasks or sizes) if t in sizes}
+            wanted = self.hparams.eval_tasks or TASKS
+            task_samples = {t: sizes[t] for t in TASKS if t in wanted and t in sizes}
         return ShardStream(
             self.data_dir, split, task_samples, self.builder,
             batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),

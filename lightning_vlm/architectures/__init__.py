@@ -1,0 +1,1 @@
+"""Architectures: UnifiedVLM and its image-output plugins (discrete, regression, diffusion)."""

@@ -1,0 +1,377 @@
+"""UnifiedVLM: one causal backbone that reads images (VQA, captions) and writes them.
+
+    text ids ------------------------------> text embeddings ─┐
+    image in  -> input encoder (frozen) -> [affine map] -> input projector ─┼─> backbone -> LM head (text CE)
+    image out -> output encoder (frozen) -> output projector* ─┘            └─> image head (architecture)
+
+*When input and output encoders are the same checkpoint, generated image tokens are
+fed back through the input projector: one shared space, as in the study.
+
+Each image-output slot is predicted from the hidden state one step before it; during
+training the slot itself holds the target encoder's feature (teacher forcing).
+Loss = text CE on assistant tokens + image_loss_weight x image loss. Architectures
+subclass this and supply the image head (`discrete`, `regression`, `diffusion`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from ..data.collate import SequenceBuilder
+from ..data.smartwatch.tasks import TASKS
+from ..data.tokenizer import TextTokenizer
+from ..encoders.base import ImageEncoder, load_encoder_checkpoint
+from ..models.backbone import Backbone, BackboneConfig
+from ..models.heads import lm_head
+from ..models.projectors import AffineMisalignment, MLPProjector
+from .evaluation import VLMEvaluator
+
+FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "image_head")
+
+
+@contextmanager
+def own_hyperparameters():
+    """LightningCLI hands its hparams to every save_hyperparameters() run while it instantiates
+    the model; encoders built inside our __init__ must record their own instead."""
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
+def encoder_checkpoint(spec: str) -> str:
+    """A checkpoint path, or a registered encoder name standing for runs/encoders/<name>.ckpt."""
+    if Path(spec).exists():
+        return spec
+    from ..registry import available
+
+    if spec in available("encoders"):
+        path = Path("runs/encoders") / f"{spec}.ckpt"
+        if path.is_file():
+            return str(path)
+        raise FileNotFoundError(f"no trained '{spec}' encoder at {path}: train it with `lightning-vlm fit --config configs/encoders/{spec}.yaml`")
+    raise FileNotFoundError(f"encoder checkpoint not found: {spec} (give a checkpoint path or a trained encoder's name)")
+
+
+def build_backbone(spec: str, overrides: dict | None, vocab_size: int):
+    """A preset name ("tiny", "small", "base") or "hf:/local/path" for a Hugging Face causal LM."""
+    if spec.startswith("hf:"):
+        from ..models.hf_backbone import HFBackbone
+
+        return HFBackbone(spec[3:])
+    return Backbone(BackboneConfig.preset(spec, **(overrides or {})))
+
+
+class UnifiedVLM(pl.LightningModule):
+    """Base LightningModule of every architecture; see the module docstring.
+
+    Args:
+        tokenizer_path: tokenizer.json of the data (the CLI links it from the DataModule).
+        input_encoder: checkpoint of the frozen encoder that reads images.
+        output_encoder: checkpoint of the frozen encoder whose tokens are generated
+            (default: the input encoder, i.e. one shared space).
+        backbone: "tiny" | "small" | "base" | "hf:/path/to/local/causal-lm".
+        backbone_overrides: BackboneConfig fields to change (e.g. {n_layers: 2}).
+        image_loss_weight: alpha in text CE + alpha x image loss.
+        misalign_strength / misalign_seed / misalign_rotation: the study's affine map on the input side.
+        freeze: parts kept fixed: any of backbone, text_embeddings, input_projector, output_projector, image_head.
+        lr / projector_lr / weight_decay / warmup_ratio: AdamW with linear warm-up then cosine decay.
+        max_new_tokens: limit on generated text per answer at test time.
+        reader: checkpoint of the attribute reader used to score generated images (test).
+        image_temperature: sampling temperature of image tokens at test time (0 = greedy).
+    """
+
+    output_is_discrete = False
+
+    def __init__(
+        self,
+        tokenizer_path: str,
+        input_encoder: str,
+        output_encoder: str | None = None,
+        backbone: str = "tiny",
+        backbone_overrides: dict | None = None,
+        image_loss_weight: float = 1.0,
+        misalign_strength: float = 0.0,
+        misalign_seed: int = 0,
+        misalign_rotation: str = "random",
+        freeze: list[str] | None = None,
+        lr: float = 1e-3,
+        projector_lr: float | None = None,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        max_new_tokens: int = 40,
+        reader: str | None = None,
+        image_temperature: float = 0.0,
+        grid_images: int = 8,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        bad = set(freeze or []) - set(FREEZABLE)
+        if bad:
+            raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
+        self.tokenizer = TextTokenizer.from_file(tokenizer_path)
+        in_path = encoder_checkpoint(input_encoder)
+        out_path = encoder_checkpoint(output_encoder) if output_encoder is not None else in_path
+        self.shared_space = Path(out_path).resolve() == Path(in_path).resolve()
+        with own_hyperparameters():
+            self.input_encoder: ImageEncoder = load_encoder_checkpoint(in_path)
+            self.output_encoder: ImageEncoder = self.input_encoder if self.shared_space else load_encoder_checkpoint(out_path)
+        self.builder = SequenceBuilder(self.tokenizer, self.input_encoder.num_tokens, self.output_encoder.num_tokens)
+
+        self.backbone = build_backbone(backbone, backbone_overrides, self.tokenizer.vocab_size)
+        dim = self.backbone.dim
+        self.text_embeddings = nn.Embedding(self.tokenizer.vocab_size, dim)
+        nn.init.normal_(self.text_embeddings.weight, std=0.02)
+        self.lm_head = lm_head(self.text_embeddings, tied=True)
+        self.misalign = (
+            AffineMisalignment(self.input_encoder.dim, misalign_strength, misalign_seed, misalign_rotation)
+            if misalign_strength > 0 else nn.Identity()
+        )
+        self.input_projector = MLPProjector(self.input_encoder.dim, dim)
+        self.output_projector = self.input_projector if self.shared_space else MLPProjector(self.output_encoder.dim, dim)
+        self.image_head = self.build_image_head(dim, self.output_encoder)
+        for part in freeze or []:
+            getattr(self, part).requires_grad_(False)
+        self._batch_started = None
+
+    # ---- what an architecture supplies ----------------------------------------------------
+    def build_image_head(self, dim: int, encoder: ImageEncoder) -> nn.Module:
+        raise NotImplementedError
+
+    def image_loss(self, h: torch.Tensor, features: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        """Loss of hidden states h [M, dim] predicting output tokens (features [M, F], indices [M])."""
+        raise NotImplementedError
+
+    def sample_image_token(self, h: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next image token from h [B, dim]: (features [B, F] to feed back, indices [B] or None)."""
+        raise NotImplementedError
+
+    # ---- embeddings ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, encoder: ImageEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats, idx = encoder.encode(images.float())
+        return feats.float(), idx
+
+    def embed_input_images(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.input_projector(self.misalign(feats))
+
+    def embed_output_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.output_projector(feats)
+
+    def embed_batch(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Input embeddings [B, L, D] with image slots filled; also the output targets."""
+        ids, in_mask, out_mask = batch["input_ids"], batch["image_in_mask"], batch["image_out_mask"]
+        emb = self.text_embeddings(ids)
+        targets = {}
+        rows_in = in_mask.any(1)
+        if rows_in.any():
+            feats, _ = self.encode_images(self.input_encoder, batch["images"][rows_in])
+            self._check_slots(in_mask[rows_in], feats.shape[1], "input")
+            emb = emb.masked_scatter(in_mask[..., None], self.embed_input_images(feats).to(emb.dtype))
+        rows_out = out_mask.any(1)
+        if rows_out.any():
+            feats, idx = self.encode_images(self.output_encoder, batch["images"][rows_out])
+            self._check_slots(out_mask[rows_out], feats.shape[1], "output")
+            emb = emb.masked_scatter(out_mask[..., None], self.embed_output_tokens(feats).to(emb.dtype))
+            targets = {"features": feats.reshape(-1, feats.shape[-1]), "indices": None if idx is None else idx.reshape(-1)}
+        return emb, targets
+
+    @staticmethod
+    def _check_slots(mask: torch.Tensor, n: int, side: str) -> None:
+        if (mask.sum(1) != n).any():
+            raise ValueError(f"batch has {int(mask.sum(1)[0])} {side} image slots per image but the {side} encoder "
+                             f"gives {n} tokens: set data.image_tokens_{'in' if side == 'input' else 'out'}: {n}")
+
+    def setup(self, stage: str) -> None:
+        """Fails early when the data was built with another tokenizer or image-token counts."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "tokenizer"):
+            return
+        if dm.tokenizer.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
+            raise ValueError(f"model.tokenizer_path ({self.hparams.tokenizer_path}) differs from the data's tokenizer.json; point it at the data's")
+        for side, enc, n in (("in", self.input_encoder, dm.builder.image_tokens_in), ("out", self.output_encoder, dm.builder.image_tokens_out)):
+            if enc.num_tokens != n:
+                raise ValueError(f"data.image_tokens_{side} is {n} but the {side}put encoder gives {enc.num_tokens} tokens: set data.init_args.image_tokens_{side}: {enc.num_tokens}")
+
+    # ---- training --------------------------------------------------------------------------
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        emb, targets = self.embed_batch(batch)
+        hidden = self.backbone(emb)  # right-padded: the causal fast path is exact at real tokens
+        h_prev = hidden[:, :-1]  # position t predicts token t + 1
+        loss_mask = batch["loss_mask"][:, 1:]
+        logits = self.lm_head(h_prev[loss_mask])  # [T_loss, V]
+        token_ce = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][loss_mask], reduction="none")
+        out = {"text": token_ce.mean() if token_ce.numel() else hidden.sum() * 0}
+        task_of_token = batch["task"][:, None].expand_as(loss_mask)[loss_mask]
+        for i, task in enumerate(TASKS):
+            sel = task_of_token == i
+            if sel.any():
+                out[f"text/{task}"] = token_ce[sel].mean().detach()
+        out["image"] = hidden.sum() * 0
+        if targets:
+            h_img = h_prev[batch["image_out_mask"][:, 1:]]  # [M, D], the same order as the targets
+            out["image"] = self.image_loss(h_img.float(), targets["features"], targets["indices"])
+        out["total"] = out["text"] + self.hparams.image_loss_weight * out["image"]
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(batch)
+        if not torch.isfinite(losses["total"]):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            tasks = sorted({TASKS[int(t)] for t in batch["task"]})
+            raise FloatingPointError(f"non-finite loss at step {self.global_step} (batch tasks: {', '.join(tasks)}): {parts}")
+        b = len(batch["keys"])
+        for name, value in losses.items():
+            self.log(f"train/loss/{name}", value, batch_size=b, prog_bar=name == "total")
+        self.log("data/skipped_samples", float(batch.get("skipped", 0)), reduce_fx="sum", batch_size=b)
+        return losses["total"]
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self._batch_started is None:
+            return
+        seconds = time.perf_counter() - self._batch_started
+        b = len(batch["keys"])
+        self.log("train/samples_per_sec", b / seconds, batch_size=b)
+        self.log("train/tokens_per_sec", float(batch["attention_mask"].sum()) / seconds, batch_size=b)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        real = ~batch["is_padding"]
+        if not real.any():
+            return
+        batch = select_rows(batch, real)
+        losses = self.losses(batch)
+        for name, value in losses.items():
+            self.log(f"val/loss/{name}", value, batch_size=len(batch["keys"]), sync_dist=True)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_examples_logged = False
+
+    def on_validation_batch_end(self, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Once per validation: a grid of generated images beside their ground truth, and sample answers."""
+        if self._val_examples_logged or self.trainer.sanity_checking or not self._tensorboard():
+            return
+        self._val_examples_logged = True
+        evaluator = VLMEvaluator()
+        real = select_rows(batch, ~batch["is_padding"])
+        gen = [i for i, m in enumerate(real["meta"]) if m["task"] == "generation"][: self.hparams.grid_images]
+        und = [i for i, m in enumerate(real["meta"]) if m["task"] != "generation"][: self.hparams.grid_images]
+        keep = torch.zeros(len(real["meta"]), dtype=torch.bool)
+        keep[gen + und] = True
+        evaluator.update(self, select_rows(real, keep.to(real["is_padding"].device)), self.hparams.max_new_tokens,
+                         torch.Generator().manual_seed(0), keep_examples=len(und) * 4)
+        self.log_examples(evaluator, "val")
+
+    def on_test_epoch_start(self) -> None:
+        reader = None
+        if self.hparams.reader:
+            from ..eval.reader import AttributeReader
+
+            reader = AttributeReader.load(self.hparams.reader, map_location=self.device)
+        else:
+            rank_zero_warn("no `model.reader` checkpoint: generated images get no reader scores or FD/KID-reader")
+        self.evaluator = VLMEvaluator(reader).to(self.device)
+        self._generator = torch.Generator().manual_seed(0)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluator.update(self, batch, self.hparams.max_new_tokens, self._generator, keep_examples=16)
+        if batch_idx == 0 and self._tensorboard():
+            self.log_examples(self.evaluator, "test")
+
+    def on_test_epoch_end(self) -> None:
+        metrics = {f"test/{k}": v for k, v in self.evaluator.compute().items()}
+        for name, value in metrics.items():
+            self.log(name, value, rank_zero_only=True)
+        self.test_metrics = metrics
+        if self.trainer.is_global_zero:
+            path = self._metrics_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+            print(format_metrics(metrics) + f"\nmetrics written to {path}")
+
+    def _metrics_path(self) -> Path:
+        ckpt = getattr(self.trainer, "ckpt_path", None)
+        if ckpt:
+            return Path(ckpt).with_name(Path(ckpt).stem + ".test_metrics.json")
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_metrics.json"
+
+    def _tensorboard(self):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def log_examples(self, evaluator: "VLMEvaluator", stage: str) -> None:
+        """Generated images beside ground-truth renders (one row each) and sample answers, to TensorBoard."""
+        tb = self._tensorboard()
+        if tb is None or not self.trainer.is_global_zero:
+            return
+        if evaluator.last_images is not None:
+            generated, truth, prompts = evaluator.last_images
+            pairs = torch.stack([generated, truth.to(generated.dtype)], 1).flatten(0, 1)  # [2B, 3, H, W]
+            tb.add_image(f"{stage}/generated_vs_truth", torchvision.utils.make_grid(pairs, nrow=2, padding=2, pad_value=1.0), self.global_step)
+            tb.add_text(f"{stage}/generation_prompts", "\n\n".join(f"{i}. {p}" for i, p in enumerate(prompts)), self.global_step)
+        if evaluator.examples:
+            lines = [f"{e['task']}/{e['type'] or 'caption'} ({e['image_id']}): {e['answer']}" for e in evaluator.examples]
+            tb.add_text(f"{stage}/answers", "\n\n".join(lines), self.global_step)
+
+    def on_fit_start(self) -> None:
+        tb = self._tensorboard()
+        if tb is not None and self.trainer.is_global_zero:
+            hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
+            tb.add_text("hparams", "\n".join(f"{k}: {v}" for k, v in sorted(hp.items())), 0)
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        projector_params = {id(p) for m in (self.input_projector, self.output_projector) for p in m.parameters()}
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith(("input_encoder", "output_encoder"))]
+        groups = [
+            {"params": [p for _, p in trainable if id(p) not in projector_params], "lr": hp.lr},
+            {"params": [p for _, p in trainable if id(p) in projector_params], "lr": hp.projector_lr or hp.lr},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(hp.warmup_ratio * total))
+        schedule = torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, warmup),
+             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total - warmup), eta_min=0.1 * hp.lr)],
+            milestones=[warmup],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def select_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The batch restricted to `rows` ([B] bool), lists included."""
+    keep = rows.nonzero().flatten().tolist()
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows.shape[0]:
+            out[k] = v[rows]
+        elif isinstance(v, list) and len(v) == rows.shape[0]:
+            out[k] = [v[i] for i in keep]
+        else:
+            out[k] = v
+    return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column table of metric names and values."""
+    width = max(len(k) for k in metrics) if metrics else 10
+    return "\n".join(f"{k:<{width}}  {v:8.4f}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,94 @@
+"""Inference for any UnifiedVLM: batched text answers and image generation with the KV cache.
+
+Prompts are token-id lists (built by `prompt_for`), right-padded into one batch and
+prefilled once; then tokens are decoded one per step from the cache. Image generation
+first lets the model write its acknowledgement up to `<boi>`, then prefills prompt +
+text + `<boi>` and writes the N image tokens, each fed back through the output projector.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.tokenizer import ASSISTANT, BOI, EOT
+
+
+def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:
+    """Ids and input-image mask of the sample's conversation up to the assistant's `upto_turn`-th reply."""
+    convs = meta["conversations"][: 2 * upto_turn + 1]
+    enc = model.builder.encode({"task": meta["task"], "conversations": convs})
+    ids = enc["input_ids"] + [model.tokenizer.id(ASSISTANT)]
+    return {"input_ids": ids, "image_in_mask": enc["image_in_mask"] + [False]}
+
+
+def _pad(prompts: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    length = max(len(p["input_ids"]) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids, dtype=torch.bool)
+    in_mask = torch.zeros_like(attn)
+    for i, p in enumerate(prompts):
+        n = len(p["input_ids"])
+        ids[i, :n] = torch.tensor(p["input_ids"], device=device)
+        attn[i, :n] = True
+        in_mask[i, :n] = torch.tensor(p.get("image_in_mask", [False] * n), device=device)
+    return ids, attn, in_mask
+
+
+def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int):
+    """Runs the prompts through the backbone into a fresh cache; returns (cache, last hidden [B, D])."""
+    ids, attn, in_mask = _pad(prompts, model.builder.pad, model.device)
+    emb = model.text_embeddings(ids)
+    rows = in_mask.any(1)
+    if rows.any():
+        feats, _ = model.encode_images(model.input_encoder, images[rows])
+        emb = emb.masked_scatter(in_mask[..., None], model.embed_input_images(feats).to(emb.dtype))
+    cache = model.backbone.new_cache(len(prompts), ids.shape[1] + extra)
+    hidden = model.backbone(emb, attention_mask=attn, cache=cache)
+    last = hidden[torch.arange(len(prompts), device=ids.device), attn.sum(1) - 1]
+    return cache, last
+
+
+@torch.no_grad()
+def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None, max_new_tokens: int = 40,
+                  stop: tuple[str, ...] = (EOT,)) -> list[list[int]]:
+    """Greedy continuation of each prompt until a stop token (included) or `max_new_tokens`."""
+    stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
+    cache, last = _prefill(model, prompts, images, max_new_tokens)
+    out = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
+    for _ in range(max_new_tokens):
+        nxt = model.lm_head(last).argmax(-1)  # [B]
+        for i in (~done).nonzero().flatten().tolist():
+            out[i].append(int(nxt[i]))
+        done |= torch.isin(nxt, stop_ids)
+        if done.all():
+            break
+        last = model.backbone(model.text_embeddings(nxt)[:, None], cache=cache)[:, 0]
+    return out
+
+
+@torch.no_grad()
+def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, generator: torch.Generator | None = None):
+    """Images [B, 3, H, W] in [0, 1] and the text the model wrote before each image."""
+    boi, eot = model.tokenizer.id(BOI), model.tokenizer.id(EOT)
+    texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT))
+    texts = [[t for t in text if t not in (boi, eot)] for text in texts]
+    full = [{"input_ids": p["input_ids"] + t + [boi]} for p, t in zip(prompts, texts)]
+    feats, indices = image_tokens(model, full, generator)
+    images = model.output_encoder.decode(indices if indices is not None else feats)
+    return images.float().clamp(0, 1), [model.tokenizer.decode(t) for t in texts]
+
+
+@torch.no_grad()
+def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None = None):
+    """The N output image tokens after each prefix (ending in <boi>): features [B, N, F], indices [B, N] or None."""
+    n = model.output_encoder.num_tokens
+    cache, last = _prefill(model, prefixes, None, n)
+    feats, indices = [], []
+    for step in range(n):
+        f, idx = model.sample_image_token(last.float(), generator)  # [B, F], [B] or None
+        feats.append(f)
+        indices.append(idx)
+        if step < n - 1:
+            last = model.backbone(model.embed_output_tokens(f).to(last.dtype)[:, None], cache=cache)[:, 0]
+    return torch.stack(feats, 1), (torch.stack(indices, 1) if indices[0] is not None else None)

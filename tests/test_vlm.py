@@ -1,0 +1,132 @@
+"""UnifiedVLM and its architectures on tiny shapes: losses, gradients, shared space, generation."""
+
+import pytest
+import torch
+
+from lightning_vlm.architectures.diffusion import DiffusionVLM
+from lightning_vlm.architectures.discrete import DiscreteVLM
+from lightning_vlm.architectures.generate import generate_images, generate_text, image_tokens, prompt_for
+from lightning_vlm.architectures.regression import RegressionVLM
+from lightning_vlm.data.datamodule import SmartWatchDataModule
+from tiny_encoders import export_tiny_encoders
+
+TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory, tiny_data):
+    return export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_data):
+    dm = SmartWatchDataModule(str(tiny_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    return next(iter(dm.train_dataloader()))
+
+
+def make(cls, tiny_data, encoders, inp, out, **kw):
+    torch.manual_seed(0)
+    return cls(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(encoders[inp]),
+               output_encoder=str(encoders[out]), backbone="tiny", backbone_overrides=TINY_BACKBONE, **kw)
+
+
+CELLS = [
+    (DiscreteVLM, "vq", "vq"),
+    (DiscreteVLM, "semantic", "vq"),
+    (RegressionVLM, "semantic", "semantic"),
+    (RegressionVLM, "vq", "semantic"),
+    (DiffusionVLM, "ae", "ae"),
+]
+
+
+@pytest.mark.parametrize("misalign", [0.0, 0.2])
+@pytest.mark.parametrize("cls,inp,out", CELLS, ids=lambda x: getattr(x, "__name__", x))
+def test_forward_backward(cls, inp, out, misalign, tiny_data, encoders, batch):
+    model = make(cls, tiny_data, encoders, inp, out, misalign_strength=misalign)
+    assert (model.output_projector is model.input_projector) == (inp == out)
+    losses = model.losses(batch)
+    assert set(TASKS_LOSSES) <= set(losses) and torch.isfinite(losses["total"])
+    assert losses["image"] > 0
+    losses["total"].backward()
+    assert model.image_head.parameters().__next__().grad is not None
+    assert all(p.grad is not None for p in model.input_projector.parameters())
+    assert all(p.grad is None for p in model.input_encoder.parameters())
+    if misalign:
+        assert not any(p.requires_grad for p in model.misalign.parameters())
+
+
+TASKS_LOSSES = ("text", "image", "total", "text/vqa", "text/caption", "text/generation")
+
+
+def test_a_few_steps_lower_the_loss(tiny_data, encoders, batch):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = model.losses(batch)["total"].item()
+    for _ in range(15):
+        opt.zero_grad()
+        model.losses(batch)["total"].backward()
+        opt.step()
+    assert model.losses(batch)["total"].item() < 0.8 * first
+
+
+def test_freeze_keeps_parts_fixed(tiny_data, encoders, batch):
+    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["backbone", "input_projector"])
+    model.losses(batch)["total"].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is None for p in model.input_projector.parameters())
+    assert next(model.image_head.parameters()).grad is not None
+    with pytest.raises(ValueError, match="unknown part"):
+        make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["lm"])
+
+
+def test_non_finite_loss_names_step_and_task(tiny_data, encoders, batch):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    with torch.no_grad():
+        model.text_embeddings.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 \(batch tasks: .*vqa"):
+        model.training_step(batch, 0)
+
+
+def uncached_image_indices(model, prompt_ids, n):
+    """Reference decoding: re-run the whole sequence for every image token, as the study did."""
+    emb = model.text_embeddings(torch.tensor([prompt_ids]))
+    out = []
+    for _ in range(n):
+        h = model.backbone(emb)[:, -1]
+        f, idx = model.sample_image_token(h.float(), None)
+        out.append(int(idx))
+        emb = torch.cat([emb, model.embed_output_tokens(f)[:, None]], 1)
+    return out
+
+
+def test_kv_cache_generation_equals_uncached(tiny_data, encoders, batch):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq").eval()
+    boi = model.tokenizer.id("<boi>")
+    prefixes = [{"input_ids": prompt_for(model, m)["input_ids"] + [boi]} for m in batch["meta"] if m["task"] == "generation"][:2]
+    assert len({len(p["input_ids"]) for p in prefixes}) == 2  # different lengths: the padded batch is exercised
+    with torch.no_grad():
+        _, cached = image_tokens(model, prefixes)  # [2, N] greedy, with the KV cache
+        for i, p in enumerate(prefixes):
+            assert cached[i].tolist() == uncached_image_indices(model, p["input_ids"], model.output_encoder.num_tokens)
+
+
+def test_generation_shapes_and_text_answers(tiny_data, encoders, batch):
+    for cls, enc in ((DiscreteVLM, "vq"), (RegressionVLM, "semantic"), (DiffusionVLM, "ae")):
+        model = make(cls, tiny_data, encoders, enc, enc).eval()
+        metas = [m for m in batch["meta"] if m["task"] == "generation"][:2]
+        images, texts = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3,
+                                        generator=torch.Generator().manual_seed(0))
+        assert images.shape == (len(metas), 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+        assert len(texts) == len(metas)
+    vqa = [(i, m) for i, m in enumerate(batch["meta"]) if m["task"] == "vqa"][:2]
+    outs = generate_text(model, [prompt_for(model, m) for _, m in vqa], batch["images"][[i for i, _ in vqa]], max_new_tokens=4)
+    assert len(outs) == len(vqa) and all(1 <= len(o) <= 4 for o in outs)
+
+
+def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):
+    model = make(DiffusionVLM, tiny_data, encoders, "ae", "ae").eval()
+    h = torch.randn(3, 64)
+    a, _ = model.sample_image_token(h, torch.Generator().manual_seed(1))
+    b, _ = model.sample_image_token(h, torch.Generator().manual_seed(1))
+    c, _ = model.sample_image_token(h, torch.Generator().manual_seed(2))
+    assert a.shape == (3, 4) and torch.equal(a, b) and not torch.equal(a, c)

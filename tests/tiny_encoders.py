@@ -1,0 +1,23 @@
+"""Untrained, tiny encoder checkpoints for fast model tests (shapes are what matter there)."""
+
+from pathlib import Path
+
+import torch
+
+from lightning_vlm.encoders.ae import AEEncoder
+from lightning_vlm.encoders.semantic import SemanticEncoder
+from lightning_vlm.encoders.vq import VQEncoder
+
+
+def export_tiny_encoders(folder: Path, image_size: int = 32, vocab_size: int = 1024) -> dict[str, Path]:
+    """vq, ae and semantic encoders giving (image_size / 8)**2 tokens each, exported to `folder`."""
+    torch.manual_seed(0)
+    small = dict(image_size=image_size, channels=(8, 8, 8), encoder_blocks=1, decoder_blocks=1, attention=False)
+    encoders = {
+        "vq": VQEncoder(**small, codebook_size=32, codebook_dim=4, kmeans_init=False),
+        "ae": AEEncoder(**small, latent_dim=4),
+        "semantic": SemanticEncoder(image_size=image_size, patch_size=8, width=16, depth=1, heads=2, vocab_size=vocab_size,
+                                    text_width=16, text_depth=1, text_heads=2, embed_dim=8, decoder_channels=(8, 8, 8),
+                                    decoder_blocks=1, decoder_attention=False),
+    }
+    return {name: enc.export(Path(folder) / f"{name}.ckpt") for name, enc in encoders.items()}
