@@ -30,6 +30,7 @@ def lightning_main(args: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv else "--help"
     if verb == "data":
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                 "       lightning-vlm plugins"
             )
             return
-        lightning_main(argv)
+        lightning_main(None if from_shell else argv)  # LightningCLI reads sys.argv itself
         return
     sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, encode, plugins")
 

@@ -73,9 +73,10 @@ def test_predict_attributes_uses_world_vocabulary(batch):
 
 
 def test_score_images_on_hand_made_predictions():
+    corners = {"weather_position": "top-left", "battery_position": "top-right"}
     true = [
-        {"hour": 3, "minute": 0, "second": 0, "weather": "sunny", "battery": 50, "weather_position": "top-left", "battery_position": "top-right"},
-        {"hour": 6, "minute": 30, "second": 30, "weather": "cloudy", "battery": 10, "weather_position": "bottom-left", "battery_position": "top-left"},
+        {"hour": 3, "minute": 0, "second": 0, "weather": "sunny", "battery": 50, **corners},
+        {"hour": 6, "minute": 30, "second": 30, "weather": "cloudy", "battery": 10, **corners},
     ]
     preds = [dict(true[0], battery=40), dict(true[1], hour=0, weather="raining")]
     reader = tiny_reader()

@@ -42,15 +42,19 @@ class ReaderFeatures(nn.Module):
 class ReaderDistances(nn.Module):
     """Accumulates real and generated images, then reports FD-reader and KID-reader.
 
-    KID's subset size is capped at the smaller sample count at compute time, so a few
-    dozen images still give a (noisier) number instead of an error.
+    KID draws `kid_subsets` random subsets of `kid_subset_size` images from each side. When a
+    side has fewer images than that, subsets of half the smaller side are used instead, so a
+    few dozen images still give a number (noisier) rather than an error, and the subsets
+    still differ, so the reported std stays meaningful.
     """
 
     def __init__(self, reader: AttributeReader, kid_subsets: int = 100, kid_subset_size: int = 1000):
         super().__init__()
         features = ReaderFeatures(reader)
         self.fd = FrechetInceptionDistance(feature=features, normalize=True)
-        self.kid = KernelInceptionDistance(feature=features, subsets=kid_subsets, subset_size=kid_subset_size, normalize=True)
+        self.kid = KernelInceptionDistance(
+            feature=features, subsets=kid_subsets, subset_size=kid_subset_size, normalize=True
+        )
         self.kid_subset_size = kid_subset_size
 
     def update(self, images: torch.Tensor, real: bool) -> None:
@@ -59,12 +63,16 @@ class ReaderDistances(nn.Module):
         self.kid.update(images, real=real)
 
     def compute(self) -> dict[str, float]:
-        n = min(self.fd.real_features_num_samples.item(), self.fd.fake_features_num_samples.item())
+        counts = torch.stack([self.fd.real_features_num_samples, self.fd.fake_features_num_samples]).clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)  # every rank decides alike, or the metric sync would hang
+        n = int(counts.min())
         if n < 2:
             raise RuntimeError(f"FD-reader / KID-reader need at least 2 real and 2 generated images, got {n}")
-        self.kid.subset_size = min(self.kid_subset_size, n)
+        self.kid.subset_size = self.kid_subset_size if n >= self.kid_subset_size else max(2, n // 2)
         kid_mean, kid_std = self.kid.compute()
-        return {"fd_reader": float(self.fd.compute()), "kid_reader_mean": float(kid_mean), "kid_reader_std": float(kid_std)}
+        fd = float(self.fd.compute())
+        return {"fd_reader": fd, "kid_reader_mean": float(kid_mean), "kid_reader_std": float(kid_std)}
 
     def reset(self) -> None:
         self.fd.reset()

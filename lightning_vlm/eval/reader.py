@@ -20,9 +20,18 @@ from lightning_vlm.data.smartwatch.world import CORNERS, WEATHERS, WatchAttribut
 
 from .scoring import GROUPS, battery_score, mentioned_groups, score_attributes, time_score
 
-HEADS = {"hour": 12, "minute": 60, "second": 60, "weather": 3, "battery": 101, "weather_position": 4, "battery_position": 4}
+HEADS = {  # attribute -> number of classes
+    "hour": 12,
+    "minute": 60,
+    "second": 60,
+    "weather": 3,
+    "battery": 101,
+    "weather_position": 4,
+    "battery_position": 4,
+}
 CIRCULAR = {"minute", "second"}  # soft targets wrap around; battery's do not, hour keeps hard targets
 SOFT = {"minute", "second", "battery"}
+VOCAB = {"weather": WEATHERS, "weather_position": CORNERS, "battery_position": CORNERS}  # class index -> world value
 
 
 def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -56,21 +65,8 @@ def decode(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_world(pred: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """Decoded classes -> one attribute dict per image, in the world's vocabulary (hour in 0..11)."""
-    cols = {name: pred[name].tolist() for name in HEADS}
-    out = []
-    for i in range(len(cols["hour"])):
-        out.append(
-            {
-                "hour": cols["hour"][i],
-                "minute": cols["minute"][i],
-                "second": cols["second"][i],
-                "weather": WEATHERS[cols["weather"][i]],
-                "battery": cols["battery"][i],
-                "weather_position": CORNERS[cols["weather_position"][i]],
-                "battery_position": CORNERS[cols["battery_position"][i]],
-            }
-        )
-    return out
+    rows = zip(*(pred[name].tolist() for name in HEADS))
+    return [{name: VOCAB[name][v] if name in VOCAB else v for name, v in zip(HEADS, row)} for row in rows]
 
 
 class AttributeReader(pl.LightningModule):
@@ -94,6 +90,8 @@ class AttributeReader(pl.LightningModule):
         warmup_pct: float = 0.15,
     ):
         super().__init__()
+        if image_size % 2 ** len(widths):
+            raise ValueError(f"image_size {image_size} must be divisible by 2**len(widths) = {2 ** len(widths)}")
         self.save_hyperparameters()
         layers, c = [], 3
         for width in widths:
@@ -178,10 +176,9 @@ class AttributeReader(pl.LightningModule):
             metrics[f"{split}/acc_{name}"] = (pred[name] == batch[name]).float().mean()
         p = {k: v.tolist() for k, v in pred.items()}
         t = {k: batch[k].tolist() for k in HEADS}
-        ts = [time_score(p["hour"][i], p["minute"][i], p["second"][i], t["hour"][i], t["minute"][i], t["second"][i]) for i in range(n)]
-        bs = [battery_score(p["battery"][i], t["battery"][i]) for i in range(n)]
-        metrics[f"{split}/time_score"] = sum(ts) / n
-        metrics[f"{split}/battery_score"] = sum(bs) / n
+        clock = zip(p["hour"], p["minute"], p["second"], t["hour"], t["minute"], t["second"])
+        metrics[f"{split}/time_score"] = sum(time_score(*hms) for hms in clock) / n
+        metrics[f"{split}/battery_score"] = sum(map(battery_score, p["battery"], t["battery"])) / n
         # one number for checkpoint selection: the mean of the five study scores
         study = ("acc_weather", "acc_weather_position", "acc_battery_position", "time_score", "battery_score")
         metrics[f"{split}/mean_score"] = sum(float(metrics[f"{split}/{k}"]) for k in study) / len(study)

@@ -78,7 +78,9 @@ def score_answer(question_type: str, answer_text: str, attrs: Mapping[str, Any])
     raise ValueError(f"unknown question type '{question_type}'; known: {', '.join(QUESTION_TYPES)}")
 
 
-def score_attributes(pred: Mapping[str, Any], true: Mapping[str, Any], groups: Iterable[str] = GROUPS) -> dict[str, float]:
+def score_attributes(
+    pred: Mapping[str, Any], true: Mapping[str, Any], groups: Iterable[str] = GROUPS
+) -> dict[str, float]:
     """Scores attributes read off an image against the true ones, per group, with the VQA formulas."""
     scores = {}
     for group in groups:
