@@ -21,3 +21,15 @@ def export_tiny_encoders(folder: Path, image_size: int = 32, vocab_size: int = 1
                                     decoder_blocks=1, decoder_attention=False),
     }
     return {name: enc.export(Path(folder) / f"{name}.ckpt") for name, enc in encoders.items()}
+
+
+def export_tiny_reader(path: Path, image_size: int = 32) -> Path:
+    """An untrained attribute reader in Lightning's checkpoint format (exercises the scoring path)."""
+    import lightning
+
+    from lightning_vlm.eval.reader import AttributeReader
+
+    reader = AttributeReader(image_size=image_size, widths=(8, 8), blocks=1, feature_dim=16)
+    torch.save({"state_dict": reader.state_dict(), "hyper_parameters": dict(reader.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path

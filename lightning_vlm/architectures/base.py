@@ -27,6 +27,7 @@ import torchvision
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torchmetrics import MeanMetric
 
 from ..data.collate import SequenceBuilder
 from ..data.smartwatch.tasks import TASKS
@@ -142,6 +143,8 @@ class UnifiedVLM(pl.LightningModule):
         self.input_projector = MLPProjector(self.input_encoder.dim, dim)
         self.output_projector = self.input_projector if self.shared_space else MLPProjector(self.output_encoder.dim, dim)
         self.image_head = self.build_image_head(dim, self.output_encoder)
+        names = ["text", "image", "total"] + [f"text/{t}" for t in TASKS]
+        self.val_losses = nn.ModuleDict({n.replace("/", "__"): MeanMetric(sync_on_compute=True) for n in names})
         for part in freeze or []:
             getattr(self, part).requires_grad_(False)
         self._batch_started = None
@@ -224,7 +227,21 @@ class UnifiedVLM(pl.LightningModule):
             h_img = h_prev[batch["image_out_mask"][:, 1:]]  # [M, D], the same order as the targets
             out["image"] = self.image_loss(h_img.float(), targets["features"], targets["indices"])
         out["total"] = out["text"] + self.hparams.image_loss_weight * out["image"]
+        if self.training:
+            out["total"] = out["total"] + self._touch_unused(batch)
         return out
+
+    def _touch_unused(self, batch: dict) -> torch.Tensor:
+        """Zero that still reaches every trainable parameter: DDP expects a gradient for each one on
+        every rank, even when this rank's batch has no generation (or no understanding) sample."""
+        idle = []
+        if not batch["image_out_mask"].any():
+            idle += [self.image_head, self.output_projector]
+        if not batch["image_in_mask"].any():
+            idle.append(self.input_projector)
+        params = [p for m in idle for p in m.parameters() if p.requires_grad]
+        return sum((p.sum() * 0 for p in params), torch.zeros((), device=self.device))
+
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch)
@@ -254,9 +271,16 @@ class UnifiedVLM(pl.LightningModule):
         if not real.any():
             return
         batch = select_rows(batch, real)
-        losses = self.losses(batch)
-        for name, value in losses.items():
-            self.log(f"val/loss/{name}", value, batch_size=len(batch["keys"]), sync_dist=True)
+        for name, value in self.losses(batch).items():
+            self.val_losses[name.replace("/", "__")].update(value.detach().float(), len(batch["keys"]))
+
+    def on_validation_epoch_end(self) -> None:
+        """Synced in a fixed order on every rank (a rank may have seen no sample of some task)."""
+        for key, metric in self.val_losses.items():
+            value = metric.compute() if metric.update_count or torch.distributed.is_initialized() else torch.tensor(float("nan"))
+            if not torch.isnan(value):
+                self.log(f"val/loss/{key.replace('__', '/')}", value, prog_bar=key == "total")
+            metric.reset()
 
     # ---- evaluation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -264,7 +288,7 @@ class UnifiedVLM(pl.LightningModule):
 
     def on_validation_batch_end(self, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Once per validation: a grid of generated images beside their ground truth, and sample answers."""
-        if self._val_examples_logged or self.trainer.sanity_checking or not self._tensorboard():
+        if self._val_examples_logged or self.trainer.sanity_checking or not self.trainer.is_global_zero or not self._tensorboard():
             return
         self._val_examples_logged = True
         evaluator = VLMEvaluator()
@@ -303,6 +327,11 @@ class UnifiedVLM(pl.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
             print(format_metrics(metrics) + f"\nmetrics written to {path}")
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        from .predict import predict_requests
+
+        return predict_requests(self, batch, self.hparams.max_new_tokens, torch.Generator().manual_seed(batch_idx))
 
     def _metrics_path(self) -> Path:
         ckpt = getattr(self.trainer, "ckpt_path", None)

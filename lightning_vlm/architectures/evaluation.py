@@ -20,6 +20,12 @@ from .generate import generate_images, generate_text, prompt_for
 
 log = logging.getLogger("lightning_vlm")
 POSITION_TYPES = ("weather_position", "battery_position")
+GROUPS = ("time", "weather", "battery", "weather_position", "battery_position")
+# Every rank holds every metric, so syncing at compute time matches up across ranks.
+METRIC_NAMES = (
+    [f"vqa/{g}" for g in GROUPS] + ["vqa/position", "vqa/total", "caption/recall"]
+    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS]
+)
 
 
 class VLMEvaluator(nn.Module):
@@ -27,7 +33,7 @@ class VLMEvaluator(nn.Module):
 
     def __init__(self, reader=None):
         super().__init__()
-        self.means = nn.ModuleDict()
+        self.means = nn.ModuleDict({name.replace("/", "__"): MeanMetric(sync_on_compute=True) for name in METRIC_NAMES})
         self.reader = reader
         self.distances = None
         if reader is not None:
@@ -39,10 +45,7 @@ class VLMEvaluator(nn.Module):
         self.device = torch.device("cpu")
 
     def _add(self, name: str, value: float, weight: float = 1.0) -> None:
-        key = name.replace("/", "__")
-        if key not in self.means:
-            self.means[key] = MeanMetric(sync_on_compute=True).to(self.device)
-        self.means[key].update(torch.tensor(value, dtype=torch.float32, device=self.device), weight)
+        self.means[name.replace("/", "__")].update(torch.tensor(value, dtype=torch.float32, device=self.device), weight)
 
     @torch.no_grad()
     def update(self, model, batch: dict, max_new_tokens: int, generator=None, keep_examples: int = 0) -> None:
@@ -90,7 +93,12 @@ class VLMEvaluator(nn.Module):
             self.last_images = (images.cpu(), truth.cpu(), [batch["meta"][i]["conversations"][0]["text"] for i in gen])
 
     def compute(self) -> dict[str, float]:
-        out = {key.replace("__", "/"): float(m.compute()) for key, m in self.means.items()}
+        """Every metric, synced across ranks in a fixed order; metrics nothing contributed to are left out."""
+        out = {}
+        for key, metric in self.means.items():
+            value = float(metric.compute()) if metric.update_count or torch.distributed.is_initialized() else float("nan")
+            if value == value:  # not NaN: some rank contributed
+                out[key.replace("__", "/")] = value
         if self.distances is not None:
             try:
                 out.update({f"gen/{k}": v for k, v in self.distances.compute().items()})

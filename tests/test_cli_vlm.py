@@ -1,0 +1,102 @@
+"""Every shipped VLM config runs fit + test through the CLI on tiny shapes; DDP; resume; plugins."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tiny_encoders import export_tiny_encoders, export_tiny_reader
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs/smartwatch").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory, tiny_data):
+    """A config layered over a shipped one: tiny data, encoders, reader and backbone."""
+    folder = tmp_path_factory.mktemp("cli")
+    enc = export_tiny_encoders(folder, image_size=32)
+    reader = export_tiny_reader(folder / "reader.ckpt")
+
+    def write(inp, out, **trainer):
+        path = folder / f"overlay-{inp}-{out}-{len(trainer)}.yaml"
+        path.write_text(yaml.safe_dump({
+            "trainer": {"accelerator": "cpu", **trainer},
+            "model": {"init_args": {
+                "tokenizer_path": str(tiny_data / "tokenizer.json"), "input_encoder": str(enc[inp]),
+                "output_encoder": str(enc[out]), "reader": str(reader), "max_new_tokens": 4,
+                "backbone_overrides": {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64},
+            }},
+            "data": {"init_args": {"data_dir": str(tiny_data), "image_tokens_in": 16, "image_tokens_out": 16,
+                                   "batch_size": 4, "eval_batch_size": 15, "num_workers": 0}},
+        }))
+        return str(path)
+
+    return write
+
+
+def encoders_of(config: Path) -> tuple[str, str]:
+    args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    return args["input_encoder"], args["output_encoder"]
+
+
+def cli(*args, cwd):
+    res = subprocess.run([sys.executable, "-m", "lightning_vlm", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
+    return res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
+    layer = overlay(*encoders_of(config))
+    fast = ["--model.init_args.sampling_steps", "2"] if "diffusion" in config.stem else []
+    cli("fit", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "2", *fast, cwd=tmp_path)
+    out = cli("test", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "1", *fast, cwd=tmp_path)
+    metrics = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())
+    for name in ("test/vqa/total", "test/vqa/weather", "test/caption/recall", "test/gen/weather", "test/gen/fd_reader"):
+        assert name in metrics, (name, sorted(metrics))
+    assert "test/vqa/total" in out
+
+
+def test_data_presets_compose(overlay, tmp_path):
+    config = ROOT / "configs/smartwatch/vq_vq.yaml"
+    out = cli("fit", "--config", str(config), "--config", str(ROOT / "configs/smartwatch/presets/generation_only.yaml"),
+              "--config", overlay("vq", "vq"), "--print_config", cwd=tmp_path)
+    assert "task_weights: generation_only" in out
+
+
+def test_plugin_architecture_runs_by_short_name(overlay, tmp_path):
+    out = cli("plugins", cwd=tmp_path)
+    assert "flow" in out and "lightning-vlm-flow" in out
+    config = tmp_path / "flow.yaml"
+    base = yaml.safe_load((ROOT / "configs/smartwatch/diffusion_ae.yaml").read_text())
+    base["model"] = {"class_path": "FlowMatchingVLM", "init_args": {**base["model"]["init_args"], "flow_steps": 2}}
+    for key in ("head_width", "head_depth", "diffusion_repeats", "sampling_steps", "noise_temperature"):
+        base["model"]["init_args"].pop(key)
+    config.write_text(yaml.safe_dump(base))
+    cli("fit", "--config", str(config), "--config", overlay("ae", "ae"), "--trainer.fast_dev_run", "2", cwd=tmp_path)
+
+
+def test_two_process_ddp_fit_and_test(overlay, tmp_path):
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq", strategy="ddp", devices=2, precision="32-true")
+    cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "runs/vq_vq/last.test_metrics.json").read_text())
+    assert metrics["test/vqa/total"] >= 0
+
+
+def test_resume_continues_from_the_same_step(overlay, tmp_path):
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq")
+    cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    last = tmp_path / "runs/vq_vq/last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    out = cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0",
+              "--ckpt_path", "last", cwd=tmp_path)
+    assert "Restored all states from the checkpoint" in out
+    assert torch.load(last, weights_only=False)["global_step"] == 5
