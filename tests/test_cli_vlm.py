@@ -100,3 +100,22 @@ def test_resume_continues_from_the_same_step(overlay, tmp_path):
               "--ckpt_path", "last", cwd=tmp_path)
     assert "Restored all states from the checkpoint" in out
     assert torch.load(last, weights_only=False)["global_step"] == 5
+
+
+def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq")
+    cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    image = next((tiny_data / "test").glob("*.tar"))  # any readable PNG will do: take one from the shards
+    from lightning_vlm.data.shards import iter_raw_samples
+
+    png = tmp_path / "watch.png"
+    png.write_bytes(next(iter_raw_samples(str(image), on_error=pytest.fail))["png"])
+    requests = tmp_path / "requests.yaml"
+    requests.write_text(yaml.safe_dump({"data": {"init_args": {"images": [str(png)], "questions": ["What is the weather?"], "image_size": 32}}}))
+    cli("predict", "--config", config, "--config", layer, "--config", str(ROOT / "configs/predict.yaml"), "--config", str(requests),
+        "--ckpt_path", "runs/vq_vq/last.ckpt", cwd=tmp_path)
+    lines = [json.loads(l) for l in (tmp_path / "runs/predictions/results-rank0.jsonl").read_text().splitlines()]
+    assert [l["kind"] for l in lines] == ["generate", "generate", "answer"]
+    assert (tmp_path / "runs/predictions" / lines[0]["image_file"]).is_file()
+    assert lines[2]["question"] == "What is the weather?" and isinstance(lines[2]["answer"], str)
