@@ -16,9 +16,16 @@ $(BIN)/lightning-vlm: pyproject.toml
 
 install: $(BIN)/lightning-vlm
 
+# The main job on the built-in synthetic data: data -> stage-0 encoder and reader (when
+# missing) -> fit the quickstart VLM -> test it (prints the metrics table).
 quickstart: install
 	@if [ -f $(DATA)/manifest.json ]; then $(BIN)/lightning-vlm data summary $(DATA); \
 	else $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA); fi
+	@test -f runs/encoders/vq.ckpt || $(BIN)/lightning-vlm fit --config configs/encoders/vq.yaml
+	@test -f runs/reader/best.ckpt || $(BIN)/lightning-vlm fit --config configs/eval/reader.yaml
+	$(BIN)/lightning-vlm fit --config configs/smartwatch/quickstart.yaml
+	$(BIN)/lightning-vlm test --config configs/smartwatch/quickstart.yaml --ckpt_path runs/quickstart/last.ckpt
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -33,6 +33,12 @@ def load(kind: str, name: str):
     return entries[name].load()
 
 
+def name_of(kind: str, cls: type) -> str | None:
+    """The registered name of `cls` in `kind`, or None when it is not registered."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    return next((name for name, ep in _entries(kind).items() if ep.value == target), None)
+
+
 def import_all() -> None:
     """Imports every registered class, so LightningCLI resolves short class names (e.g. DiscreteVLM).
 

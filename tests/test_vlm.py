@@ -130,3 +130,25 @@ def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):
     b, _ = model.sample_image_token(h, torch.Generator().manual_seed(1))
     c, _ = model.sample_image_token(h, torch.Generator().manual_seed(2))
     assert a.shape == (3, 4) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_token_cache_gives_the_same_loss_as_encoding(tiny_data, encoders, batch, tmp_path):
+    import shutil
+
+    from lightning_vlm.encoders.cache import TokenCache
+    from lightning_vlm.encoders.base import load_encoder_checkpoint
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    model = make(DiscreteVLM, data, encoders, "vq", "vq").eval()
+    torch.manual_seed(0)
+    on_the_fly = model.losses(batch)["total"]
+    TokenCache.build(data, "vq", encoders["vq"], load_encoder_checkpoint(encoders["vq"]), batch_size=8, progress=False)
+    model.open_token_caches(str(data))
+    assert model._caches["input"] is not None
+    calls = []
+    model.input_encoder.encode = lambda images: calls.append(1)  # would fail if the cache were bypassed
+    torch.manual_seed(0)
+    cached = model.losses(batch)["total"]
+    assert not calls
+    torch.testing.assert_close(cached, on_the_fly, rtol=1e-3, atol=1e-3)  # float16 storage

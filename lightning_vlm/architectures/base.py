@@ -92,6 +92,8 @@ class UnifiedVLM(pl.LightningModule):
         max_new_tokens: limit on generated text per answer at test time.
         reader: checkpoint of the attribute reader used to score generated images (test).
         image_temperature: sampling temperature of image tokens at test time (0 = greedy).
+        use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the
+            data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
     """
 
     output_is_discrete = False
@@ -116,6 +118,7 @@ class UnifiedVLM(pl.LightningModule):
         reader: str | None = None,
         image_temperature: float = 0.0,
         grid_images: int = 8,
+        use_token_cache: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -126,6 +129,8 @@ class UnifiedVLM(pl.LightningModule):
         in_path = encoder_checkpoint(input_encoder)
         out_path = encoder_checkpoint(output_encoder) if output_encoder is not None else in_path
         self.shared_space = Path(out_path).resolve() == Path(in_path).resolve()
+        self._encoder_paths = {"input": in_path, "output": out_path}
+        self._caches: dict = {}
         with own_hyperparameters():
             self.input_encoder: ImageEncoder = load_encoder_checkpoint(in_path)
             self.output_encoder: ImageEncoder = self.input_encoder if self.shared_space else load_encoder_checkpoint(out_path)
@@ -163,9 +168,22 @@ class UnifiedVLM(pl.LightningModule):
 
     # ---- embeddings ----------------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, encoder: ImageEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_images(self, encoder: ImageEncoder, images: torch.Tensor, image_ids: list[str] | None = None):
+        """(features [B, N, F] float, indices [B, N] or None): from the token cache when it has every id."""
+        cache = self._caches.get("input" if encoder is self.input_encoder else "output")
+        if cache is not None and image_ids is not None and cache.has(image_ids):
+            feats, idx = cache.lookup(image_ids)
+            return feats.to(self.device), None if idx is None else idx.to(self.device)
         feats, idx = encoder.encode(images.float())
         return feats.float(), idx
+
+    def open_token_caches(self, data_dir: str) -> None:
+        from ..encoders.cache import TokenCache
+        from ..registry import name_of
+
+        for side, encoder in (("input", self.input_encoder), ("output", self.output_encoder)):
+            name = name_of("encoders", type(encoder))
+            self._caches[side] = TokenCache.open(data_dir, name, self._encoder_paths[side]) if name else None
 
     def embed_input_images(self, feats: torch.Tensor) -> torch.Tensor:
         return self.input_projector(self.misalign(feats))
@@ -178,14 +196,16 @@ class UnifiedVLM(pl.LightningModule):
         ids, in_mask, out_mask = batch["input_ids"], batch["image_in_mask"], batch["image_out_mask"]
         emb = self.text_embeddings(ids)
         targets = {}
+        ids = [m["image_id"] for m in batch["meta"]] if "meta" in batch else None
+        pick = lambda rows: None if ids is None else [ids[i] for i in rows.nonzero().flatten().tolist()]  # noqa: E731
         rows_in = in_mask.any(1)
         if rows_in.any():
-            feats, _ = self.encode_images(self.input_encoder, batch["images"][rows_in])
+            feats, _ = self.encode_images(self.input_encoder, batch["images"][rows_in], pick(rows_in))
             self._check_slots(in_mask[rows_in], feats.shape[1], "input")
             emb = emb.masked_scatter(in_mask[..., None], self.embed_input_images(feats).to(emb.dtype))
         rows_out = out_mask.any(1)
         if rows_out.any():
-            feats, idx = self.encode_images(self.output_encoder, batch["images"][rows_out])
+            feats, idx = self.encode_images(self.output_encoder, batch["images"][rows_out], pick(rows_out))
             self._check_slots(out_mask[rows_out], feats.shape[1], "output")
             emb = emb.masked_scatter(out_mask[..., None], self.embed_output_tokens(feats).to(emb.dtype))
             targets = {"features": feats.reshape(-1, feats.shape[-1]), "indices": None if idx is None else idx.reshape(-1)}
@@ -207,6 +227,8 @@ class UnifiedVLM(pl.LightningModule):
         for side, enc, n in (("in", self.input_encoder, dm.builder.image_tokens_in), ("out", self.output_encoder, dm.builder.image_tokens_out)):
             if enc.num_tokens != n:
                 raise ValueError(f"data.image_tokens_{side} is {n} but the {side}put encoder gives {enc.num_tokens} tokens: set data.init_args.image_tokens_{side}: {enc.num_tokens}")
+        if self.hparams.use_token_cache and hasattr(dm, "data_dir"):
+            self.open_token_caches(dm.data_dir)
 
     # ---- training --------------------------------------------------------------------------
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
