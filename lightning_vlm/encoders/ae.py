@@ -21,6 +21,8 @@ class AEEncoder(ConvAutoencoder):
     Args (besides ConvAutoencoder's):
         latent_dim: channels per token.
         kl_weight: weight of KL(q(z|x) || N(0, I)), averaged over latent elements.
+        init_logvar: initial log-variance of q(z|x). Starting with little sampling noise lets the
+            decoder use the latents from the first steps (noise of std 1 would drown them early on).
     """
 
     def __init__(
@@ -32,15 +34,17 @@ class AEEncoder(ConvAutoencoder):
         attention: bool = True,
         latent_dim: int = 16,
         kl_weight: float = 1e-4,
-        loss: str = "l1",
-        edge_weight: float = 1.0,
+        init_logvar: float = -6.0,
+        loss: str = "l2",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         grid_images: int = 16,
     ):
-        super().__init__(latent_dim, 2 * latent_dim, image_size, channels, encoder_blocks, decoder_blocks, attention, loss, edge_weight, lr, weight_decay, warmup_steps, grid_images)
+        super().__init__(latent_dim, 2 * latent_dim, image_size, channels, encoder_blocks, decoder_blocks, attention, loss, lr, weight_decay, warmup_steps, grid_images)
         self.save_hyperparameters()
+        with torch.no_grad():
+            self.encoder.out.bias[latent_dim:].fill_(init_logvar)
 
     @property
     def dim(self) -> int:

@@ -23,7 +23,7 @@ class ConvAutoencoder(ImageEncoder):
     channels: widths of the encoder levels (the decoder mirrors them).
     encoder_blocks / decoder_blocks: residual blocks per level.
     attention: one self-attention block at the token grid in encoder and decoder.
-    loss: "l1" or "l2" pixel loss; edge_weight: weight of the L1 loss on image differences.
+    loss: "l2" or "l1" pixel loss (see training.reconstruction_loss).
     lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay over the run.
     grid_images: images in the reconstruction grid logged on validation.
     """
@@ -38,7 +38,6 @@ class ConvAutoencoder(ImageEncoder):
         decoder_blocks: int,
         attention: bool,
         loss: str,
-        edge_weight: float,
         lr: float,
         weight_decay: float,
         warmup_steps: int,
@@ -77,19 +76,19 @@ class ConvAutoencoder(ImageEncoder):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["images"]
         recon, aux, logs = self(images)
-        rec = reconstruction_loss(recon, images * 2 - 1, self.hparams.loss, self.hparams.edge_weight)
-        loss = rec["loss"] + aux
+        rec = reconstruction_loss(recon, images * 2 - 1, self.hparams.loss)
+        loss = rec + aux
         n = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log_dict({"train/pixel": rec["pixel"], "train/edge": rec["edge"], **{f"train/{k}": v for k, v in logs.items()}}, batch_size=n)
+        self.log_dict({"train/pixel": rec, **{f"train/{k}": v for k, v in logs.items()}}, batch_size=n)
         return loss
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
         images = batch["images"]
         recon, aux, logs = self(images)
-        rec = reconstruction_loss(recon, images * 2 - 1, self.hparams.loss, self.hparams.edge_weight)
+        rec = reconstruction_loss(recon, images * 2 - 1, self.hparams.loss)
         n = images.shape[0]
-        self.log_dict({f"{stage}/loss": rec["loss"] + aux, **{f"{stage}/{k}": v for k, v in logs.items()}}, batch_size=n)
+        self.log_dict({f"{stage}/loss": rec + aux, **{f"{stage}/{k}": v for k, v in logs.items()}}, batch_size=n)
         recon01 = (recon.float() + 1) / 2
         self.metrics.update(self, stage, recon01, images)
         if stage == "val" and batch_idx == 0:

@@ -90,6 +90,10 @@ class ImageEncoder(pl.LightningModule):
         self._frozen = True
         return self
 
+    def unfreeze(self) -> None:
+        self._frozen = False
+        super().unfreeze()
+
     def train(self, mode: bool = True) -> "ImageEncoder":
         return super().train(mode and not self._frozen)
 
@@ -120,7 +124,7 @@ class ImageEncoder(pl.LightningModule):
         ckpt = read_checkpoint(path)
         target = _import_class(ckpt[CHECKPOINT_CLASS_KEY])
         if not issubclass(target, cls):
-            raise TypeError(f"{path} holds a {ckpt[CHECKPOINT_CLASS_KEY]}, which is not a {cls.__name__}")
+            raise TypeError(f"{path} holds a {ckpt[CHECKPOINT_CLASS_KEY]}, which is not a subclass of {cls.__name__}")
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
         model = target(**hparams)
         model.load_state_dict(ckpt["state_dict"])

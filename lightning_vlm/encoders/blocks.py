@@ -90,11 +90,12 @@ class ConvEncoder(nn.Module):
             c = width
         if attention:
             layers += [AttnBlock(c), ResBlock(c, c)]
-        layers += [norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 1)]
+        layers += [norm(c), nn.SiLU()]
         self.net = nn.Sequential(*layers)
+        self.out = nn.Conv2d(c, out_channels, 1)  # the latent projection (ae initialises its log-variance half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.out(self.net(x))
 
 
 class ConvDecoder(nn.Module):

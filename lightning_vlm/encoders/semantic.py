@@ -43,7 +43,7 @@ class SemanticEncoder(ImageEncoder):
         embed_dim: shared image-text embedding size of the contrastive loss.
         decoder_channels, decoder_blocks, decoder_attention: the pixel decoder (see blocks.ConvDecoder).
         decoder_start: optimiser step at which phase 2 (decoder only) starts; must be below the run's steps.
-        loss, edge_weight: the decoder's pixel loss (see training.reconstruction_loss).
+        loss: the decoder's pixel loss, "l2" or "l1" (see training.reconstruction_loss).
         lr, decoder_lr, weight_decay, warmup_steps: AdamW; each phase warms up and decays on its own.
         grid_images: images in the reconstruction grid logged on validation.
     """
@@ -65,8 +65,7 @@ class SemanticEncoder(ImageEncoder):
         decoder_blocks: int = 2,
         decoder_attention: bool = True,
         decoder_start: int = 1000,
-        loss: str = "l1",
-        edge_weight: float = 1.0,
+        loss: str = "l2",
         lr: float = 1e-3,
         decoder_lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -172,19 +171,19 @@ class SemanticEncoder(ImageEncoder):
     def decoder_phase(self) -> bool:
         return self.global_step >= self.hparams.decoder_start
 
-    def decoder_loss(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Reconstruction loss of the decoder on frozen ViT features; returns (loss parts, output in [-1, 1])."""
+    def decoder_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction loss of the decoder on frozen ViT features; returns (loss, output in [-1, 1])."""
         with torch.no_grad():
             features = self.encode(images)[0]
         recon = self.pixels(features)
-        return reconstruction_loss(recon, images * 2 - 1, self.hparams.loss, self.hparams.edge_weight), recon
+        return reconstruction_loss(recon, images * 2 - 1, self.hparams.loss), recon
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         n = batch["images"].shape[0]
         if self.decoder_phase:
             rec, _ = self.decoder_loss(batch["images"])
-            self.log_dict({"train/decoder_loss": rec["loss"], "train/pixel": rec["pixel"], "train/edge": rec["edge"]}, batch_size=n, prog_bar=True)
-            return rec["loss"]
+            self.log("train/decoder_loss", rec, batch_size=n, prog_bar=True)
+            return rec
         loss, acc = self.contrastive(batch)
         self.log_dict({"train/contrastive": loss, "train/i2t_acc": acc, "train/logit_scale": self.logit_scale.exp()}, batch_size=n, prog_bar=True)
         return loss
@@ -194,7 +193,7 @@ class SemanticEncoder(ImageEncoder):
         n = images.shape[0]
         loss, acc = self.contrastive(batch)
         rec, recon = self.decoder_loss(images)
-        self.log_dict({f"{stage}/contrastive": loss, f"{stage}/i2t_acc": acc, f"{stage}/decoder_loss": rec["loss"]}, batch_size=n)
+        self.log_dict({f"{stage}/contrastive": loss, f"{stage}/i2t_acc": acc, f"{stage}/decoder_loss": rec}, batch_size=n)
         recon01 = (recon.float() + 1) / 2
         self.metrics.update(self, stage, recon01, images)
         if stage == "val" and batch_idx == 0:

@@ -52,8 +52,7 @@ class VQEncoder(ConvAutoencoder):
         dead_code_threshold: float = 0.5,
         kmeans_init: bool = True,
         fsq_levels: Sequence[int] = (8, 5, 5, 5),
-        loss: str = "l1",
-        edge_weight: float = 1.0,
+        loss: str = "l2",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -62,7 +61,7 @@ class VQEncoder(ConvAutoencoder):
         if quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer '{quantizer}'; use one of {', '.join(QUANTIZERS)}")
         code_dim = codebook_dim if quantizer == "vq" else len(fsq_levels)
-        super().__init__(code_dim, code_dim, image_size, channels, encoder_blocks, decoder_blocks, attention, loss, edge_weight, lr, weight_decay, warmup_steps, grid_images)
+        super().__init__(code_dim, code_dim, image_size, channels, encoder_blocks, decoder_blocks, attention, loss, lr, weight_decay, warmup_steps, grid_images)
         self.save_hyperparameters()
         self._dim = code_dim
         if quantizer == "vq":

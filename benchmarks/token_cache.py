@@ -1,0 +1,64 @@
+"""Per-batch cost of image tokens: frozen encoder forward on the fly vs a token-cache lookup.
+
+    python benchmarks/token_cache.py --data data/smartwatch \
+        --encoder vq=runs/encoders/vq.ckpt --encoder semantic=runs/encoders/semantic.ckpt
+
+Builds the cache of a split first when it is missing (not timed). Prints, per encoder,
+the median time of `encoder.encode(images)` and of `cache.lookup(image_ids)` for one
+batch, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lightning_vlm import registry
+from lightning_vlm.encoders.cache import TokenCache, iter_split_images
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/smartwatch")
+    parser.add_argument("--encoder", action="append", required=True, metavar="NAME=CHECKPOINT")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+
+    batch = []
+    for item in iter_split_images(args.data, args.split):
+        batch.append(item)
+        if len(batch) == args.batch_size:
+            break
+    ids = [image_id for image_id, _ in batch]
+    images = torch.stack([image for _, image in batch])
+    print(f"batch of {len(ids)} images at {images.shape[-1]} px, split {args.split}, torch threads {torch.get_num_threads()}")
+    print(f"{'encoder':<10}{'tokens':>8}{'dim':>6}{'encode ms':>12}{'lookup ms':>12}{'ratio':>9}")
+    for spec in args.encoder:
+        name, _, checkpoint = spec.partition("=")
+        encoder = registry.load("encoders", name).load(checkpoint)
+        cache = TokenCache.open(args.data, name, checkpoint)
+        if cache is None or not cache.has(ids):
+            cache = TokenCache.build(args.data, name, checkpoint, encoder, splits=[args.split])
+        with torch.no_grad():
+            t_encode = median_seconds(lambda: encoder.encode(images), args.repeats)
+        t_lookup = median_seconds(lambda: cache.lookup(ids), args.repeats)
+        print(f"{name:<10}{encoder.num_tokens:>8}{encoder.dim:>6}{1e3 * t_encode:>12.2f}{1e3 * t_lookup:>12.3f}{t_encode / t_lookup:>8.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Image encoders: contract shapes and ranges, learning, checkpoints, registry, Lightning fit."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_vlm import registry
+from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.tokenizer import TextTokenizer
+from lightning_vlm.encoders import ImageEncoder, load_encoder_checkpoint
+from lightning_vlm.encoders.ae import AEEncoder
+from lightning_vlm.encoders.export import ExportEncoder
+from lightning_vlm.encoders.semantic import SemanticEncoder
+from lightning_vlm.encoders.vq import VQEncoder
+
+SIZE = 16  # 16 px, two levels -> 4 x 4 = 16 tokens
+CONV = dict(image_size=SIZE, channels=(8, 16), encoder_blocks=1, decoder_blocks=1, warmup_steps=1)
+
+
+def tiny(name: str, **overrides) -> ImageEncoder:
+    torch.manual_seed(0)
+    if name == "vq":
+        return VQEncoder(**{**CONV, "codebook_size": 32, "codebook_dim": 4, **overrides})
+    if name == "fsq":
+        return VQEncoder(**{**CONV, "quantizer": "fsq", "fsq_levels": (5, 4, 3), **overrides})
+    if name == "ae":
+        return AEEncoder(**{**CONV, "latent_dim": 4, **overrides})
+    semantic = dict(
+        image_size=SIZE, patch_size=4, width=16, depth=1, heads=2, vocab_size=1024, max_text_len=64,
+        text_width=16, text_depth=1, text_heads=2, embed_dim=16, decoder_channels=(8, 16), decoder_blocks=1,
+        decoder_start=1, warmup_steps=1,
+    )
+    return SemanticEncoder(**{**semantic, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors run fastest (and steadiest on a shared machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_images(n: int = 8, size: int = SIZE) -> torch.Tensor:
+    """Random but learnable images: low-frequency colour fields in [0, 1]."""
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("name", ["vq", "fsq", "ae", "semantic"])
+@torch.no_grad()
+def test_encode_decode_contract(name):
+    enc = tiny(name).eval()
+    images = smooth_images(3)
+    features, indices = enc.encode(images)
+    assert features.shape == (3, enc.num_tokens, enc.dim) and enc.num_tokens == 16
+    assert enc.image_size == SIZE
+    if name in ("vq", "fsq"):
+        assert indices.shape == (3, 16) and indices.dtype == torch.long
+        assert 0 <= int(indices.min()) and int(indices.max()) < enc.codebook_size
+        assert torch.allclose(enc.decode(indices), enc.decode(features), atol=1e-5)
+    else:
+        assert indices is None and enc.codebook_size is None
+    out = enc.decode(features)
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_vq_codes_are_unit_norm_and_fsq_size():
+    features, _ = tiny("vq").eval().encode(smooth_images(2))
+    assert torch.allclose(features.norm(dim=-1), torch.ones(2, 16), atol=1e-4)
+    assert tiny("fsq").codebook_size == 5 * 4 * 3
+
+
+def test_bad_shapes_fail_clearly():
+    enc = tiny("ae")
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, 16, 16\]"):
+        enc.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="expected 16 tokens"):
+        enc.decode(torch.rand(2, 9, 4))
+    with pytest.raises(TypeError, match="continuous"):
+        enc.decode(torch.zeros(2, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        VQEncoder(**CONV, quantizer="rq")
+
+
+@pytest.mark.parametrize("name", ["vq", "ae"])
+def test_reconstruction_loss_goes_down(name):
+    from lightning_vlm.encoders.training import reconstruction_loss
+
+    enc = tiny(name).train()
+    images = smooth_images(8)
+    opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        recon, aux, _ = enc(images)
+        loss = reconstruction_loss(recon, images * 2 - 1) + aux
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def caption_batch(data_dir, n: int = 8) -> tuple[dict, TextTokenizer]:
+    dm = SmartWatchDataModule(str(data_dir), task_weights={"caption": 1}, batch_size=n, num_workers=0)
+    return next(iter(dm.train_dataloader())), dm.tokenizer
+
+
+def test_contrastive_loss_goes_down(tiny_data):
+    batch, tokenizer = caption_batch(tiny_data)
+    batch["images"] = torch.nn.functional.interpolate(batch["images"], size=(SIZE, SIZE), mode="area")
+    enc = tiny("semantic").train()
+    enc.tokenizer = tokenizer
+    opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = enc.contrastive(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["vq", "fsq", "ae", "semantic"])
+def test_export_load_round_trip(tmp_path, name):
+    enc = tiny(name).eval()
+    enc(smooth_images(4)) if name != "semantic" else None  # vq: k-means initialises the codebook
+    path = enc.export(tmp_path / f"{name}.ckpt")
+    loaded = load_encoder_checkpoint(path)
+    assert type(loaded) is type(enc) and not loaded.training
+    assert all(not p.requires_grad for p in loaded.parameters())
+    images = smooth_images(3)
+    f1, i1 = enc.encode(images)
+    f2, i2 = loaded.encode(images)
+    assert torch.equal(f1, f2) and (i1 is None or torch.equal(i1, i2))
+    assert torch.equal(enc.decode(f1), loaded.decode(f2))
+    assert type(enc).load(path).num_tokens == enc.num_tokens
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lightning-vlm fit"):
+        load_encoder_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not an image-encoder checkpoint"):
+        load_encoder_checkpoint(tmp_path / "other.ckpt")
+    path = tiny("ae").export(tmp_path / "ae.ckpt")
+    with pytest.raises(TypeError, match="not a subclass of VQEncoder"):
+        VQEncoder.load(path)
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    enc = tiny("vq").freeze()
+    wrapper = torch.nn.Sequential(enc)
+    wrapper.train()
+    assert not enc.training and not enc.quantizer.training
+    enc.unfreeze()
+    assert enc.training and all(p.requires_grad for p in enc.parameters())
+
+
+def test_registry_lists_builtins_and_rejects_unknown():
+    assert {"vq", "ae", "semantic", "hf"} <= set(registry.available("encoders"))
+    assert registry.load("encoders", "vq") is VQEncoder
+    assert registry.load("encoders", "semantic") is SemanticEncoder
+    with pytest.raises(ValueError, match="unknown encoder 'nope'; known encoders: .*semantic.*vq"):
+        registry.load("encoders", "nope")
+
+
+@pytest.mark.parametrize("name", ["vq", "semantic"])
+def test_lightning_fit_exports_a_loadable_checkpoint(tmp_path, tiny_data, name):
+    """One epoch (3 steps) through the DataModule (32 px data), TensorBoard logging and export."""
+    at_32px = dict(channels=(8, 16, 16)) if name == "vq" else dict(patch_size=8, decoder_channels=(8, 16, 16))
+    enc = tiny(name, image_size=32, **at_32px)
+    dm = SmartWatchDataModule(str(tiny_data), task_weights={"caption": 1}, eval_tasks=["caption"], batch_size=4, num_workers=0)
+    trainer = pl.Trainer(
+        max_steps=3, accelerator="cpu", logger=pl.loggers.TensorBoardLogger(tmp_path / "tb"), enable_checkpointing=False,
+        callbacks=[ExportEncoder(str(tmp_path / "enc.ckpt"))], enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(enc, datamodule=dm)
+    assert trainer.global_step == 3 and "val/psnr" in trainer.callback_metrics
+    loaded = load_encoder_checkpoint(tmp_path / "enc.ckpt")
+    assert loaded.encode(torch.rand(1, 3, 32, 32))[0].shape == (1, 16, loaded.dim)
+
+
+def test_hf_encoder_from_local_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=8)
+    transformers.SiglipVisionModel(config).save_pretrained(tmp_path / "siglip")
+    enc = load_encoder_checkpoint(tmp_path / "siglip")
+    features, indices = enc.encode(torch.rand(2, 3, 32, 32))  # resized to the tower's 64 px
+    assert features.shape == (2, 64, 32) and indices is None
+    assert (enc.num_tokens, enc.dim, enc.image_size, enc.codebook_size) == (64, 32, 64, None)
+    assert registry.load("encoders", "hf").load(tmp_path / "siglip").dim == 32
+    with pytest.raises(NotImplementedError, match="semantic encoder"):
+        enc.decode(features)
+    with pytest.raises(FileNotFoundError, match="no model directory"):
+        registry.load("encoders", "hf")(path=str(tmp_path / "missing"))
