@@ -38,6 +38,8 @@ class HFEncoder(ImageEncoder):
     when the model has one, is dropped so every token is a patch.
     """
 
+    requires = ("transformers",)  # `lightning-vlm plugins` marks hf unavailable without it
+
     def __init__(self, path: str, layer: int | None = None):
         super().__init__()
         self.save_hyperparameters()
