@@ -57,7 +57,7 @@ def test_cache_hit_matches_the_encoder(data, vq_checkpoint):
     assert built.header["splits"] == {"train": 8, "val": 4, "test": 4}
     assert built.folder.name == f"vq-{checkpoint_sha256(vq_checkpoint)[:12]}"
     cache = TokenCache.open(data, "vq", vq_checkpoint)
-    assert cache is not None and len(cache) == 16
+    assert cache is not None and len(cache) == 16 and cache.checkpoint_sha256 == checkpoint_sha256(vq_checkpoint)
     ids, images = split_images(data, "val")
     assert cache.has(ids) and not cache.has(ids + ["val-9999999"])
     features, indices = cache.lookup(ids[::-1])

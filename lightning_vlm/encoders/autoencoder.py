@@ -1,7 +1,7 @@
 """Common body of the pixel autoencoders (vq, ae): conv encoder -> bottleneck -> conv decoder.
 
-Subclasses choose the bottleneck (`forward`) and what `encode` returns; training, validation metrics (PSNR, SSIM, a TensorBoard grid) and the
-optimiser live here once.
+Subclasses choose the bottleneck (`forward`) and what `encode` returns; training,
+validation metrics (PSNR, SSIM, a TensorBoard grid) and the optimiser live here once.
 """
 
 from __future__ import annotations

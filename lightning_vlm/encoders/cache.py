@@ -146,6 +146,11 @@ class TokenCache:
     def discrete(self) -> bool:
         return self.header["codebook_size"] is not None
 
+    @property
+    def checkpoint_sha256(self) -> str:
+        """Identity of the encoder checkpoint the tokens came from (a model can match its own against it)."""
+        return self.header["checkpoint_sha256"]
+
     @classmethod
     def open(cls, data_dir: str | Path, encoder_name: str, checkpoint_path: str | Path) -> "TokenCache | None":
         """The cache of this checkpoint for this data, or None (with the reason logged) when there is none."""

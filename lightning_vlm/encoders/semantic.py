@@ -22,7 +22,7 @@ from torch import nn
 from .base import ImageEncoder
 from .blocks import ConvDecoder, grid_to_tokens, tokens_to_grid
 from .training import ReconstructionMetrics, log_grid, param_groups, reconstruction_loss, warmup_cosine
-from .transformer import Transformer
+from .transformer import AttentionPool, Transformer
 
 
 def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -32,15 +32,46 @@ def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
     return -F.logsigmoid(labels * logits).sum() / len(img)
 
 
+def make_conv_stem(patch_size: int, width: int) -> nn.Sequential:
+    """log2(patch_size) stride-2 3x3 convs (GELU) widening to `width`, then a 1x1: [B, 3, H, W] -> [B, width, H/p, W/p]."""
+    levels = patch_size.bit_length() - 1
+    if 2**levels != patch_size:
+        raise ValueError(f"a conv stem needs a power-of-two patch_size, got {patch_size}")
+    layers: list[nn.Module] = []
+    c = 3
+    for level in range(levels):
+        c_out = width // 2 ** (levels - 1 - level)
+        layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), nn.GELU()]
+        c = c_out
+    return nn.Sequential(*layers, nn.Conv2d(c, width, 1))
+
+
+def embedding_head(width: int, embed_dim: int) -> nn.Sequential:
+    """Linear map to the shared space, then BatchNorm without affine parameters.
+
+    From scratch every image (and every caption) embeds to nearly the same direction
+    (cosine ~0.99: shared biases dominate content), and the coupled contrastive problem
+    sits on its chance plateau for thousands of steps. Centring and scaling each
+    dimension over the batch makes the embeddings differ from the first step; on 8
+    image-caption pairs the towers then pair them up in ~20 steps instead of ~300.
+    """
+    return nn.Sequential(nn.Linear(width, embed_dim), nn.BatchNorm1d(embed_dim, affine=False))
+
+
 class SemanticEncoder(ImageEncoder):
     """Continuous tokenizer: (image_size / patch_size)**2 ViT patch features of `width` channels.
 
     Args:
         image_size, patch_size: the token grid is image_size / patch_size per side.
         width, depth, heads: the ViT.
+        conv_stem: embed each patch with a few stride-2 convolutions instead of one linear map; a
+            from-scratch ViT then learns small things (a corner icon) in tens of steps, not thousands.
         vocab_size, max_text_len, text_width, text_depth, text_heads: the caption transformer
             (vocab_size must cover the dataset tokenizer's).
         embed_dim: shared image-text embedding size of the contrastive loss.
+        init_logit_bias: starting bias of the sigmoid logits; about -log(batch size), the log-odds of the one
+            matching caption among a batch, so the loss starts at its chance level without first pulling
+            every embedding together (SigLIP's -10 is that value for its 32k batches).
         decoder_channels, decoder_blocks, decoder_attention: the pixel decoder (see blocks.ConvDecoder).
         decoder_start: optimiser step at which phase 2 (decoder only) starts; must be below the run's steps.
         loss: the decoder's pixel loss, "l2" or "l1" (see training.reconstruction_loss).
@@ -55,12 +86,14 @@ class SemanticEncoder(ImageEncoder):
         width: int = 192,
         depth: int = 6,
         heads: int = 3,
+        conv_stem: bool = True,
         vocab_size: int = 1024,
         max_text_len: int = 96,
         text_width: int = 128,
         text_depth: int = 3,
         text_heads: int = 4,
         embed_dim: int = 128,
+        init_logit_bias: float = -4.0,
         decoder_channels: Sequence[int] = (64, 128, 256),
         decoder_blocks: int = 2,
         decoder_attention: bool = True,
@@ -80,17 +113,19 @@ class SemanticEncoder(ImageEncoder):
         if self.side != image_size // 2 ** len(decoder_channels):
             raise ValueError(f"the decoder upsamples by 2**len(decoder_channels) = {2 ** len(decoder_channels)}, but patches are {patch_size} px")
         # image tower
-        self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
+        self.patch_embed = make_conv_stem(patch_size, width) if conv_stem else nn.Conv2d(3, width, patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.randn(1, self.side * self.side, width) * 0.02)
         self.vit = Transformer(width, depth, heads)
-        self.image_proj = nn.Linear(width, embed_dim)
+        self.image_pool = AttentionPool(width, heads)
+        self.image_proj = embedding_head(width, embed_dim)
         # text tower
         self.token_embed = nn.Embedding(vocab_size, text_width)
         self.text_pos = nn.Parameter(torch.randn(1, max_text_len, text_width) * 0.02)
         self.text = Transformer(text_width, text_depth, text_heads)
-        self.text_proj = nn.Linear(text_width, embed_dim)
+        self.text_pool = AttentionPool(text_width, text_heads)
+        self.text_proj = embedding_head(text_width, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(2.302585))  # log 10, as SigLIP
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
         # pixel decoder (phase 2)
         self.decoder = ConvDecoder(width, decoder_channels, decoder_blocks, decoder_attention)
         self.metrics = ReconstructionMetrics()
@@ -127,13 +162,13 @@ class SemanticEncoder(ImageEncoder):
 
     # ---- contrastive towers ------------------------------------------------------------
     def image_embedding(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(features.mean(dim=1)), dim=-1)
+        """patch features [B, N, width] -> unit-norm [B, embed_dim]."""
+        return F.normalize(self.image_proj(self.image_pool(features)), dim=-1)
 
     def text_embedding(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask [B, L] -> unit-norm [B, embed_dim] (mean over real tokens)."""
+        """ids, mask [B, L] -> unit-norm [B, embed_dim]."""
         h = self.text(self.token_embed(ids) + self.text_pos[:, : ids.shape[1]], mask)  # [B, L, text_width]
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return F.normalize(self.text_proj((h * m).sum(1) / m.sum(1).clamp(min=1)), dim=-1)
+        return F.normalize(self.text_proj(self.text_pool(h, mask)), dim=-1)
 
     def caption_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, ids, mask) of the batch's real caption samples; captions are cut to max_text_len tokens."""
@@ -185,7 +220,8 @@ class SemanticEncoder(ImageEncoder):
             self.log("train/decoder_loss", rec, batch_size=n, prog_bar=True)
             return rec
         loss, acc = self.contrastive(batch)
-        self.log_dict({"train/contrastive": loss, "train/i2t_acc": acc, "train/logit_scale": self.logit_scale.exp()}, batch_size=n, prog_bar=True)
+        self.log_dict({"train/contrastive": loss, "train/i2t_acc": acc}, batch_size=n, prog_bar=True)
+        self.log_dict({"train/logit_scale": self.logit_scale.exp(), "train/logit_bias": self.logit_bias}, batch_size=n)
         return loss
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
@@ -211,7 +247,7 @@ class SemanticEncoder(ImageEncoder):
         total = int(self.trainer.estimated_stepping_batches)
         if not 0 <= h.decoder_start < total:
             raise ValueError(f"decoder_start ({h.decoder_start}) must lie in [0, {total}), the steps of this run")
-        towers = [self.patch_embed, self.vit, self.image_proj, self.token_embed, self.text, self.text_proj]
+        towers = [self.patch_embed, self.vit, self.image_pool, self.image_proj, self.token_embed, self.text, self.text_pool, self.text_proj]
         tower_groups = param_groups(towers, h.weight_decay)
         tower_groups[1]["params"] += [self.pos_embed, self.text_pos, self.logit_scale, self.logit_bias]
         decoder_groups = [{**g, "lr": h.decoder_lr} for g in param_groups([self.decoder], h.weight_decay)]

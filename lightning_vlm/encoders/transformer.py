@@ -1,4 +1,4 @@
-"""A plain pre-LayerNorm transformer encoder, used by the semantic encoder's image and text towers."""
+"""A plain pre-LayerNorm transformer and attention pooling, used by the semantic encoder's towers."""
 
 from __future__ import annotations
 
@@ -42,3 +42,22 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
+
+
+class AttentionPool(nn.Module):
+    """One learned query attending over the tokens (SigLIP's MAP head): [B, L, dim] -> [B, dim].
+
+    A mean would let large regions (a watch face's random colour) drown small decisive
+    ones (a corner icon, one digit of a caption); the query learns where to look.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        query = self.query.expand(x.shape[0], -1, -1)
+        pooled, _ = self.attn(query, x, x, key_padding_mask=None if mask is None else ~mask, need_weights=False)  # [B, 1, dim]
+        return self.norm(pooled[:, 0])
