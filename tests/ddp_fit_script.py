@@ -1,5 +1,6 @@
 """Run by test_ddp_data.py: a 2-process CPU DDP fit that prints each rank's batch count per epoch."""
 
+import faulthandler
 import sys
 
 import lightning.pytorch as pl
@@ -32,6 +33,7 @@ class CountingModel(pl.LightningModule):
 
 
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(150, exit=True)  # a hang prints every thread's stack instead of timing out silently
     dm = SmartWatchDataModule(sys.argv[1], batch_size=2, num_workers=2)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
