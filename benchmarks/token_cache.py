@@ -6,6 +6,12 @@
 Builds the cache of a split first when it is missing (not timed). Prints, per encoder,
 the median time of `encoder.encode(images)` and of `cache.lookup(image_ids)` for one
 batch, and their ratio.
+
+With --fit-config, it also times whole training steps of that VLM config, one short fit
+with `model.use_token_cache: false` and one with `true`, side by side in this process:
+
+    python benchmarks/token_cache.py --encoder vq=runs/encoders/vq.ckpt \
+        --fit-config configs/smartwatch/quickstart.yaml --steps 60
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import statistics
 import time
 
+import lightning.pytorch as pl
 import torch
 
 from lightning_vlm import registry
@@ -30,6 +37,37 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+class StepTimer(pl.Callback):
+    """Wall time of each optimiser step, data loading included (time between batch starts)."""
+
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(time.perf_counter())
+
+
+def fit_step_seconds(config: str, use_cache: bool, steps: int, warmup: int) -> float:
+    """Median seconds per training step of a short fit of `config`."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_vlm.registry import import_all
+
+    import_all()
+    timer = StepTimer()
+    cli = LightningCLI(
+        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+        save_config_callback=None,
+        args=["--config", config, f"--model.init_args.use_token_cache={str(use_cache).lower()}",
+              f"--trainer.max_steps={steps + warmup + 1}", "--trainer.logger=false", "--trainer.callbacks=null",
+              "--trainer.enable_checkpointing=false", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"],
+    )
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    gaps = [b - a for a, b in zip(timer.starts, timer.starts[1:])][warmup:]
+    return statistics.median(gaps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/smartwatch")
@@ -37,6 +75,8 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--fit-config", help="also time training steps of this VLM config without and with the cache")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per fit (after 10 warm-up steps)")
     args = parser.parse_args()
 
     batch = []
@@ -58,6 +98,12 @@ def main() -> None:
             t_encode = median_seconds(lambda: encoder.encode(images), args.repeats)
         t_lookup = median_seconds(lambda: cache.lookup(ids), args.repeats)
         print(f"{name:<10}{encoder.num_tokens:>8}{encoder.dim:>6}{1e3 * t_encode:>12.2f}{1e3 * t_lookup:>12.3f}{t_encode / t_lookup:>8.0f}x")
+
+    if args.fit_config:
+        off = fit_step_seconds(args.fit_config, False, args.steps, warmup=10)
+        on = fit_step_seconds(args.fit_config, True, args.steps, warmup=10)
+        print(f"\n{args.fit_config}: median training step {1e3 * off:.0f} ms on the fly, {1e3 * on:.0f} ms from the cache "
+              f"({off / on:.2f}x, {100 * (off - on) / off:.0f}% of the step saved)")
 
 
 if __name__ == "__main__":
