@@ -117,13 +117,28 @@ def test_contrastive_loss_goes_down(tiny_data):
     enc = tiny("semantic", init_logit_bias=-math.log(8)).train()
     enc.tokenizer = tokenizer
     opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+    first = enc.contrastive(batch)
     for _ in range(40):
-        loss, acc = enc.contrastive(batch)
+        out = enc.contrastive(batch)
         opt.zero_grad()
-        loss.backward()
+        out["loss"].backward()
         opt.step()
     chance = math.log(8) - 7 * math.log(7 / 8)  # every logit at log-odds 1/8
-    assert loss.item() < 0.5 * chance and acc.item() > 0.5
+    assert out["contrastive"].item() < 0.5 * chance and out["i2t_acc"].item() > 0.5
+    assert out["caption"].item() < 0.5 * first["caption"].item()  # the caption decoder learns from the patches too
+
+
+def test_caption_decoder_is_causal():
+    """Changing a later caption token leaves the logits of earlier positions unchanged."""
+    from lightning_vlm.encoders.transformer import CaptionDecoder
+
+    dec = CaptionDecoder(vocab_size=20, max_len=8, dim=16, depth=1, heads=2, image_dim=12).eval()
+    image = torch.randn(2, 5, 12)
+    ids = torch.randint(0, 20, (2, 6))
+    changed = ids.clone()
+    changed[:, 4] = (ids[:, 4] + 1) % 20
+    a, b = dec(ids, image), dec(changed, image)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6) and not torch.allclose(a[:, 4:], b[:, 4:])
 
 
 @pytest.mark.parametrize("name", ["vq", "fsq", "ae", "semantic"])

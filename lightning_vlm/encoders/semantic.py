@@ -3,7 +3,11 @@
 The study's "SigLIP" side at toy scale. Phase 1 (steps < `decoder_start`) trains the
 ViT and a small text transformer with the sigmoid image-caption loss, so the patch
 features carry what captions talk about (time, weather, battery, corners) rather than
-raw pixels. Phase 2 (the remaining steps of the same fit) freezes both towers and
+raw pixels. A small caption decoder that cross-attends to the patch features adds a
+next-token captioning loss beside the contrastive one (CoCa's recipe): contrastive
+learning from scratch on one small batch gets a single bit per pair and sits near
+chance for hundreds of steps, while captioning asks the patches for every attribute
+a caption states at every token. Phase 2 (the remaining steps of the same fit) freezes both towers and
 trains a conv pixel decoder on the ViT's patch features, so semantic tokens a VLM
 generates can be turned into images. One fit, one checkpoint.
 
@@ -22,7 +26,7 @@ from torch import nn
 from .base import ImageEncoder
 from .blocks import ConvDecoder, grid_to_tokens, tokens_to_grid
 from .training import ReconstructionMetrics, log_grid, param_groups, reconstruction_loss, warmup_cosine
-from .transformer import AttentionPool, Transformer
+from .transformer import AttentionPool, CaptionDecoder, Transformer
 
 
 def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -64,14 +68,15 @@ class SemanticEncoder(ImageEncoder):
     Args:
         image_size, patch_size: the token grid is image_size / patch_size per side.
         width, depth, heads: the ViT.
-        conv_stem: embed each patch with a few stride-2 convolutions instead of one linear map; a
-            from-scratch ViT then learns small things (a corner icon) in tens of steps, not thousands.
+        conv_stem: embed each patch with a few stride-2 convolutions instead of one linear map (the
+            usual help for a ViT trained from scratch on little data: "early convolutions"; cheap).
         vocab_size, max_text_len, text_width, text_depth, text_heads: the caption transformer
             (vocab_size must cover the dataset tokenizer's).
         embed_dim: shared image-text embedding size of the contrastive loss.
-        init_logit_bias: starting bias of the sigmoid logits; about -log(batch size), the log-odds of the one
-            matching caption among a batch, so the loss starts at its chance level without first pulling
-            every embedding together (SigLIP's -10 is that value for its 32k batches).
+        init_logit_bias: starting bias of the sigmoid logits. -log(batch size) is the chance level (one
+            matching caption per image in a batch); SigLIP's -10 is that value for its 32k batches.
+        caption_weight, caption_depth: weight of the captioning loss (0 turns it off) and depth of the
+            caption decoder (text_width wide, text_heads heads), used in phase 1 only.
         decoder_channels, decoder_blocks, decoder_attention: the pixel decoder (see blocks.ConvDecoder).
         decoder_start: optimiser step at which phase 2 (decoder only) starts; must be below the run's steps.
         loss: the decoder's pixel loss, "l2" or "l1" (see training.reconstruction_loss).
@@ -94,6 +99,8 @@ class SemanticEncoder(ImageEncoder):
         text_heads: int = 4,
         embed_dim: int = 128,
         init_logit_bias: float = -4.0,
+        caption_weight: float = 1.0,
+        caption_depth: int = 2,
         decoder_channels: Sequence[int] = (64, 128, 256),
         decoder_blocks: int = 2,
         decoder_attention: bool = True,
@@ -126,6 +133,8 @@ class SemanticEncoder(ImageEncoder):
         self.text_proj = embedding_head(text_width, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(2.302585))  # log 10, as SigLIP
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        # caption decoder (phase 1 auxiliary)
+        self.caption_decoder = CaptionDecoder(vocab_size, max_text_len + 1, text_width, caption_depth, text_heads, width)
         # pixel decoder (phase 2)
         self.decoder = ConvDecoder(width, decoder_channels, decoder_blocks, decoder_attention)
         self.metrics = ReconstructionMetrics()
@@ -185,14 +194,22 @@ class SemanticEncoder(ImageEncoder):
         mask = torch.arange(ids.shape[1])[None, :] < torch.tensor([len(s) for s in seqs])[:, None]  # [B, L]
         return batch["images"][keep], ids.to(self.device), mask.to(self.device)
 
-    def contrastive(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigmoid loss, in-batch image->caption top-1 accuracy) of the batch's captions."""
+    def contrastive(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Phase-1 losses of the batch's captions: sigmoid contrastive, captioning, their weighted sum
+        ("loss"), and the in-batch image->caption top-1 accuracy."""
         images, ids, mask = self.caption_batch(batch)
-        img = self.image_embedding(self.encode(images)[0]).float()
+        features = self.encode(images)[0]
+        img = self.image_embedding(features).float()
         txt = self.text_embedding(ids, mask).float()
-        loss = sigmoid_contrastive_loss(img, txt, self.logit_scale, self.logit_bias)
-        acc = ((img @ txt.t()).argmax(dim=1) == torch.arange(len(img), device=img.device)).float().mean()
-        return loss, acc
+        out = {"contrastive": sigmoid_contrastive_loss(img, txt, self.logit_scale, self.logit_bias)}
+        out["i2t_acc"] = ((img @ txt.t()).argmax(dim=1) == torch.arange(len(img), device=img.device)).float().mean()
+        out["loss"] = out["contrastive"]
+        if self.hparams.caption_weight > 0:
+            bos = torch.full_like(ids[:, :1], self.tokenizer.id("<bos>"))
+            logits = self.caption_decoder(torch.cat([bos, ids[:, :-1]], 1), features)  # [B, L, vocab]
+            out["caption"] = F.cross_entropy(logits.float()[mask], ids[mask])
+            out["loss"] = out["loss"] + self.hparams.caption_weight * out["caption"]
+        return out
 
     # ---- training ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -219,17 +236,17 @@ class SemanticEncoder(ImageEncoder):
             rec, _ = self.decoder_loss(batch["images"])
             self.log("train/decoder_loss", rec, batch_size=n, prog_bar=True)
             return rec
-        loss, acc = self.contrastive(batch)
-        self.log_dict({"train/contrastive": loss, "train/i2t_acc": acc}, batch_size=n, prog_bar=True)
+        out = self.contrastive(batch)
+        self.log_dict({f"train/{k}": v for k, v in out.items() if k != "loss"}, batch_size=n, prog_bar=True)
         self.log_dict({"train/logit_scale": self.logit_scale.exp(), "train/logit_bias": self.logit_bias}, batch_size=n)
-        return loss
+        return out["loss"]
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
         images = batch["images"]
         n = images.shape[0]
-        loss, acc = self.contrastive(batch)
+        out = self.contrastive(batch)
         rec, recon = self.decoder_loss(images)
-        self.log_dict({f"{stage}/contrastive": loss, f"{stage}/i2t_acc": acc, f"{stage}/decoder_loss": rec}, batch_size=n)
+        self.log_dict({**{f"{stage}/{k}": v for k, v in out.items() if k != "loss"}, f"{stage}/decoder_loss": rec}, batch_size=n)
         recon01 = (recon.float() + 1) / 2
         self.metrics.update(self, stage, recon01, images)
         if stage == "val" and batch_idx == 0:
@@ -247,7 +264,7 @@ class SemanticEncoder(ImageEncoder):
         total = int(self.trainer.estimated_stepping_batches)
         if not 0 <= h.decoder_start < total:
             raise ValueError(f"decoder_start ({h.decoder_start}) must lie in [0, {total}), the steps of this run")
-        towers = [self.patch_embed, self.vit, self.image_pool, self.image_proj, self.token_embed, self.text, self.text_pool, self.text_proj]
+        towers = [self.patch_embed, self.vit, self.image_pool, self.image_proj, self.token_embed, self.text, self.text_pool, self.text_proj, self.caption_decoder]
         tower_groups = param_groups(towers, h.weight_decay)
         tower_groups[1]["params"] += [self.pos_embed, self.text_pos, self.logit_scale, self.logit_bias]
         decoder_groups = [{**g, "lr": h.decoder_lr} for g in param_groups([self.decoder], h.weight_decay)]

@@ -1,4 +1,4 @@
-"""A plain pre-LayerNorm transformer and attention pooling, used by the semantic encoder's towers."""
+"""A plain pre-LayerNorm transformer, attention pooling and a caption decoder: the semantic encoder's parts."""
 
 from __future__ import annotations
 
@@ -61,3 +61,25 @@ class AttentionPool(nn.Module):
         query = self.query.expand(x.shape[0], -1, -1)
         pooled, _ = self.attn(query, x, x, key_padding_mask=None if mask is None else ~mask, need_weights=False)  # [B, 1, dim]
         return self.norm(pooled[:, 0])
+
+
+class CaptionDecoder(nn.Module):
+    """Causal text decoder cross-attending to image features: (ids [B, L], image [B, N, image_dim]) -> logits [B, L, vocab].
+
+    Only a training signal for the image tower (see semantic.py); never used to caption.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int, depth: int, heads: int, image_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, max_len, dim) * 0.02)
+        self.image_in = nn.Linear(image_dim, dim)
+        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, depth, norm=nn.LayerNorm(dim))
+        self.head = nn.Linear(dim, vocab_size)
+
+    def forward(self, ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).triu(1)  # True: may not attend
+        x = self.embed(ids) + self.pos[:, :length]
+        return self.head(self.layers(x, self.image_in(image), tgt_mask=causal, tgt_is_causal=True))
