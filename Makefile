@@ -16,13 +16,14 @@ $(BIN)/lightning-vlm: pyproject.toml
 
 install: $(BIN)/lightning-vlm
 
-# The main job on the built-in synthetic data: data -> stage-0 encoder and reader (when
-# missing) -> fit the quickstart VLM -> test it (prints the metrics table).
+# The main job on the built-in synthetic data: data -> attribute reader and stage-0 VQ
+# encoder (when missing; the encoder fit ends with the reader's check of its
+# reconstructions) -> fit the quickstart VLM -> test it (prints the metrics table).
 quickstart: install
 	@if [ -f $(DATA)/manifest.json ]; then $(BIN)/lightning-vlm data summary $(DATA); \
 	else $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA); fi
-	@test -f runs/encoders/vq.ckpt || $(BIN)/lightning-vlm fit --config configs/encoders/vq.yaml
 	@test -f runs/reader/best.ckpt || $(BIN)/lightning-vlm fit --config configs/eval/reader.yaml
+	@test -f runs/encoders/vq.ckpt || $(BIN)/lightning-vlm fit --config configs/encoders/vq.yaml
 	$(BIN)/lightning-vlm fit --config configs/smartwatch/quickstart.yaml
 	$(BIN)/lightning-vlm test --config configs/smartwatch/quickstart.yaml --ckpt_path runs/quickstart/last.ckpt
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs"

@@ -14,6 +14,7 @@ from lightning_vlm.encoders.ae import AEEncoder
 from lightning_vlm.encoders.export import ExportEncoder
 from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
+from tiny_encoders import export_tiny_reader
 
 SIZE = 16  # 16 px, two levels -> 4 x 4 = 16 tokens
 CONV = dict(image_size=SIZE, channels=(8, 16), encoder_blocks=1, decoder_blocks=1, warmup_steps=1)
@@ -187,17 +188,19 @@ def test_registry_lists_builtins_and_rejects_unknown():
 
 @pytest.mark.parametrize("name", ["vq", "semantic"])
 def test_lightning_fit_exports_a_loadable_checkpoint(tmp_path, tiny_data, name):
-    """One epoch (3 steps) through the DataModule (32 px data), TensorBoard logging and export."""
+    """One epoch (3 steps) through the DataModule (32 px data), TensorBoard logging, export and the reader check."""
     at_32px = dict(channels=(8, 16, 16)) if name == "vq" else dict(patch_size=8, decoder_channels=(8, 16, 16))
     enc = tiny(name, image_size=32, **at_32px)
     dm = SmartWatchDataModule(str(tiny_data), task_weights={"caption": 1}, eval_tasks=["caption"], batch_size=4, num_workers=0)
+    export = ExportEncoder(str(tmp_path / "enc.ckpt"), reader=str(export_tiny_reader(tmp_path / "reader.ckpt")), check_images=4)
     trainer = pl.Trainer(
         max_steps=3, accelerator="cpu", logger=pl.loggers.TensorBoardLogger(tmp_path / "tb"), enable_checkpointing=False,
-        callbacks=[ExportEncoder(str(tmp_path / "enc.ckpt"))], enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=1, num_sanity_val_steps=0,
+        callbacks=[export], enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0,
     )
     trainer.fit(enc, datamodule=dm)
     assert trainer.global_step == 3 and "val/psnr" in trainer.callback_metrics
+    table = export.check(enc, str(tiny_data)).splitlines()
+    assert len(table) == 4 and table[2].startswith("| originals |") and table[3].startswith(f"| {type(enc).__name__} |")
     loaded = load_encoder_checkpoint(tmp_path / "enc.ckpt")
     assert loaded.encode(torch.rand(1, 3, 32, 32))[0].shape == (1, 16, loaded.dim)
 

@@ -88,6 +88,12 @@ def split_image_ids(data_dir: str | Path, split: str) -> list[str]:
 
 def iter_split_images(data_dir: str | Path, split: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(image id, image [3, H, W] in [0, 1]) for each distinct image of a split; bad samples are skipped."""
+    for image_id, sample in iter_split_samples(data_dir, split):
+        yield image_id, sample["image"]
+
+
+def iter_split_samples(data_dir: str | Path, split: str) -> Iterator[tuple[str, dict]]:
+    """(image id, decoded sample) for the first sample of each distinct image of a split; bad samples are skipped."""
     manifest = load_manifest(data_dir)
     seen: set[str] = set()
     for task in manifest["splits"].get(split, {}):
@@ -102,7 +108,7 @@ def iter_split_images(data_dir: str | Path, split: str) -> Iterator[tuple[str, t
                     _on_error(f"{path}: sample {raw.get('__key__', '?')}: {exn}")
                     continue
                 seen.add(image_id)
-                yield image_id, sample["image"]
+                yield image_id, sample
 
 
 def _batches(items: Iterator[tuple[str, torch.Tensor]], size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
