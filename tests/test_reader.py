@@ -108,6 +108,14 @@ def test_fd_reader_is_zero_on_itself_and_grows_with_a_shift(batch):
     assert not reader.training
 
 
+def test_fd_reader_features_stay_float32_under_bf16_autocast(batch):
+    """A bf16-mixed test loop must not round the features (and so FD/KID) to bf16."""
+    reader = tiny_reader().eval()
+    d = ReaderDistances(reader, kid_subsets=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert d.fd.inception(batch["images"]).dtype == torch.float32
+
+
 def test_checkpoint_round_trip(tmp_path, batch):
     reader = tiny_reader()
     data = RenderedWatchDataModule(train_size=16, val_size=8, test_size=8, image_size=SIZE, batch_size=8, num_workers=0)
