@@ -152,3 +152,21 @@ def test_token_cache_gives_the_same_loss_as_encoding(tiny_data, encoders, batch,
     cached = model.losses(batch)["total"]
     assert not calls
     torch.testing.assert_close(cached, on_the_fly, rtol=1e-3, atol=1e-3)  # float16 storage
+
+
+def test_tensorboard_gets_generated_grid_and_answers(tiny_data, encoders, tmp_path):
+    """Eval batches come task by task: the grid must still appear though the first batch has no generation rows."""
+    import lightning.pytorch as pl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", max_new_tokens=3)
+    dm = SmartWatchDataModule(str(tiny_data), batch_size=4, eval_batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=6, limit_test_batches=6)
+    trainer.validate(model, dm)
+    trainer.test(model, dm)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert {"val/generated_vs_truth", "test/generated_vs_truth"} <= set(events.Tags()["images"])
+    assert {"val/answers/text_summary", "test/answers/text_summary"} <= set(events.Tags()["tensors"])

@@ -306,17 +306,25 @@ class UnifiedVLM(pl.LightningModule):
 
     # ---- evaluation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_examples_logged = False
+        self._val_logged = {"generation": False, "understanding": False}
 
     def on_validation_batch_end(self, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Once per validation: a grid of generated images beside their ground truth, and sample answers."""
-        if self._val_examples_logged or self.trainer.sanity_checking or not self.trainer.is_global_zero or not self._tensorboard():
+        """Once per validation: a grid of generated images beside their ground truth, and sample answers.
+
+        Eval batches come task by task, so the grid waits for the first batch with generation
+        rows and the answers for the first with understanding rows.
+        """
+        if all(self._val_logged.values()) or self.trainer.sanity_checking or not self.trainer.is_global_zero or not self._tensorboard():
             return
-        self._val_examples_logged = True
-        evaluator = VLMEvaluator()
         real = select_rows(batch, ~batch["is_padding"])
-        gen = [i for i, m in enumerate(real["meta"]) if m["task"] == "generation"][: self.hparams.grid_images]
-        und = [i for i, m in enumerate(real["meta"]) if m["task"] != "generation"][: self.hparams.grid_images]
+        is_gen = [m["task"] == "generation" for m in real["meta"]]
+        gen = [] if self._val_logged["generation"] else [i for i, g in enumerate(is_gen) if g][: self.hparams.grid_images]
+        und = [] if self._val_logged["understanding"] else [i for i, g in enumerate(is_gen) if not g][: self.hparams.grid_images]
+        if not gen and not und:
+            return
+        self._val_logged["generation"] |= bool(gen)
+        self._val_logged["understanding"] |= bool(und)
+        evaluator = VLMEvaluator()
         keep = torch.zeros(len(real["meta"]), dtype=torch.bool)
         keep[gen + und] = True
         evaluator.update(self, select_rows(real, keep.to(real["is_padding"].device)), self.hparams.max_new_tokens,
@@ -333,13 +341,17 @@ class UnifiedVLM(pl.LightningModule):
             rank_zero_warn("no `model.reader` checkpoint: generated images get no reader scores or FD/KID-reader")
         self.evaluator = VLMEvaluator(reader).to(self.device)
         self._generator = torch.Generator().manual_seed(0)
+        self._test_grid_logged = False
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluator.update(self, batch, self.hparams.max_new_tokens, self._generator, keep_examples=16)
-        if batch_idx == 0 and self._tensorboard():
-            self.log_examples(self.evaluator, "test")
+        if not self._test_grid_logged and self.evaluator.last_images is not None and self._tensorboard():
+            self.log_examples(self.evaluator, "test")  # the first batch with generation rows (and answers so far)
+            self._test_grid_logged = True
 
     def on_test_epoch_end(self) -> None:
+        if self._tensorboard() and self.evaluator.examples:
+            self.log_examples(self.evaluator, "test", images=False)
         metrics = {f"test/{k}": v for k, v in self.evaluator.compute().items()}
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
@@ -366,14 +378,14 @@ class UnifiedVLM(pl.LightningModule):
 
         return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def log_examples(self, evaluator: "VLMEvaluator", stage: str) -> None:
+    def log_examples(self, evaluator: "VLMEvaluator", stage: str, images: bool = True) -> None:
         """Generated images beside ground-truth renders (one row each) and sample answers, to TensorBoard."""
         tb = self._tensorboard()
         if tb is None or not self.trainer.is_global_zero:
             return
-        if evaluator.last_images is not None:
+        if images and evaluator.last_images is not None:
             generated, truth, prompts = evaluator.last_images
-            pairs = torch.stack([generated, truth.to(generated.dtype)], 1).flatten(0, 1)  # [2B, 3, H, W]
+            pairs = torch.stack([generated.float(), truth.float()], 1).flatten(0, 1)  # [2B, 3, H, W]
             tb.add_image(f"{stage}/generated_vs_truth", torchvision.utils.make_grid(pairs, nrow=2, padding=2, pad_value=1.0), self.global_step)
             tb.add_text(f"{stage}/generation_prompts", "\n\n".join(f"{i}. {p}" for i, p in enumerate(prompts)), self.global_step)
         if evaluator.examples:

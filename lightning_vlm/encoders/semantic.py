@@ -37,7 +37,9 @@ def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
 
 
 def make_conv_stem(patch_size: int, width: int) -> nn.Sequential:
-    """log2(patch_size) stride-2 3x3 convs (GELU) widening to `width`, then a 1x1: [B, 3, H, W] -> [B, width, H/p, W/p]."""
+    """log2(patch_size) stages of (stride-2 3x3 conv, 3x3 conv), each with GroupNorm + GELU, widening to
+    `width`, then a 1x1: [B, 3, H, W] -> [B, width, H/p, W/p]. A small CNN in front of the ViT
+    (the "hybrid" ViT) finds corner icons and hands within a few hundred steps from scratch."""
     levels = patch_size.bit_length() - 1
     if 2**levels != patch_size:
         raise ValueError(f"a conv stem needs a power-of-two patch_size, got {patch_size}")
@@ -45,7 +47,8 @@ def make_conv_stem(patch_size: int, width: int) -> nn.Sequential:
     c = 3
     for level in range(levels):
         c_out = width // 2 ** (levels - 1 - level)
-        layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), nn.GELU()]
+        for stride, c_in in ((2, c), (1, c_out)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
         c = c_out
     return nn.Sequential(*layers, nn.Conv2d(c, width, 1))
 
@@ -121,6 +124,11 @@ class SemanticEncoder(ImageEncoder):
             raise ValueError(f"the decoder upsamples by 2**len(decoder_channels) = {2 ** len(decoder_channels)}, but patches are {patch_size} px")
         # image tower
         self.patch_embed = make_conv_stem(patch_size, width) if conv_stem else nn.Conv2d(3, width, patch_size, stride=patch_size)
+        # Patch tokens enter the residual stream at unit scale. A default-initialised conv stem
+        # gives ~0.04, and six blocks of (near-uniform) attention then added the same vector to
+        # every token: the final tokens of one image were identical (std across tokens 0.0035),
+        # so the pixel decoder could not place anything and drew an average watch.
+        self.patch_norm = nn.LayerNorm(width)
         self.pos_embed = nn.Parameter(torch.randn(1, self.side * self.side, width) * 0.02)
         self.vit = Transformer(width, depth, heads)
         self.image_pool = AttentionPool(width, heads)
@@ -156,7 +164,7 @@ class SemanticEncoder(ImageEncoder):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         """images [B, 3, H, W] in [0, 1] -> (patch features [B, N, width], None)."""
         self.check_images(images)
-        x = grid_to_tokens(self.patch_embed(images * 2 - 1)) + self.pos_embed  # [B, N, width]
+        x = self.patch_norm(grid_to_tokens(self.patch_embed(images * 2 - 1))) + self.pos_embed  # [B, N, width]
         return self.vit(x), None
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -264,7 +272,7 @@ class SemanticEncoder(ImageEncoder):
         total = int(self.trainer.estimated_stepping_batches)
         if not 0 <= h.decoder_start < total:
             raise ValueError(f"decoder_start ({h.decoder_start}) must lie in [0, {total}), the steps of this run")
-        towers = [self.patch_embed, self.vit, self.image_pool, self.image_proj, self.token_embed, self.text, self.text_pool, self.text_proj, self.caption_decoder]
+        towers = [self.patch_embed, self.patch_norm, self.vit, self.image_pool, self.image_proj, self.token_embed, self.text, self.text_pool, self.text_proj, self.caption_decoder]
         tower_groups = param_groups(towers, h.weight_decay)
         tower_groups[1]["params"] += [self.pos_embed, self.text_pos, self.logit_scale, self.logit_bias]
         decoder_groups = [{**g, "lr": h.decoder_lr} for g in param_groups([self.decoder], h.weight_decay)]
