@@ -20,11 +20,12 @@ import argparse
 import statistics
 import time
 
-import lightning.pytorch as pl
 import torch
 
 from lightning_vlm import registry
 from lightning_vlm.encoders.cache import TokenCache, iter_split_images
+
+from fit_timing import fit_step_seconds  # benchmarks/fit_timing.py
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -35,37 +36,6 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-class StepTimer(pl.Callback):
-    """Wall time of each optimiser step, data loading included (time between batch starts)."""
-
-    def __init__(self):
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.starts.append(time.perf_counter())
-
-
-def fit_step_seconds(config: str, use_cache: bool, steps: int, warmup: int) -> float:
-    """Median seconds per training step of a short fit of `config`."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from lightning_vlm.registry import import_all
-
-    import_all()
-    timer = StepTimer()
-    cli = LightningCLI(
-        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        save_config_callback=None,
-        args=["--config", config, f"--model.init_args.use_token_cache={str(use_cache).lower()}",
-              f"--trainer.max_steps={steps + warmup + 1}", "--trainer.logger=false", "--trainer.callbacks=null",
-              "--trainer.enable_checkpointing=false", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"],
-    )
-    cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    gaps = [b - a for a, b in zip(timer.starts, timer.starts[1:])][warmup:]
-    return statistics.median(gaps)
 
 
 def main() -> None:
@@ -100,8 +70,8 @@ def main() -> None:
         print(f"{name:<10}{encoder.num_tokens:>8}{encoder.dim:>6}{1e3 * t_encode:>12.2f}{1e3 * t_lookup:>12.3f}{t_encode / t_lookup:>8.0f}x")
 
     if args.fit_config:
-        off = fit_step_seconds(args.fit_config, False, args.steps, warmup=10)
-        on = fit_step_seconds(args.fit_config, True, args.steps, warmup=10)
+        off = fit_step_seconds(args.fit_config, ["--model.init_args.use_token_cache=false"], args.steps)
+        on = fit_step_seconds(args.fit_config, ["--model.init_args.use_token_cache=true"], args.steps)
         print(f"\n{args.fit_config}: median training step {1e3 * off:.0f} ms on the fly, {1e3 * on:.0f} ms from the cache "
               f"({off / on:.2f}x, {100 * (off - on) / off:.0f}% of the step saved)")
 
