@@ -346,12 +346,12 @@ class UnifiedVLM(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluator.update(self, batch, self.hparams.max_new_tokens, self._generator, keep_examples=16)
         if not self._test_grid_logged and self.evaluator.last_images is not None and self._tensorboard():
-            self.log_examples(self.evaluator, "test")  # the first batch with generation rows (and answers so far)
+            self.log_examples(self.evaluator, "test", answers=False)  # the first batch with generation rows
             self._test_grid_logged = True
 
     def on_test_epoch_end(self) -> None:
         if self._tensorboard() and self.evaluator.examples:
-            self.log_examples(self.evaluator, "test", images=False)
+            self.log_examples(self.evaluator, "test", images=False)  # answers, once, at the end
         metrics = {f"test/{k}": v for k, v in self.evaluator.compute().items()}
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
@@ -378,7 +378,7 @@ class UnifiedVLM(pl.LightningModule):
 
         return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def log_examples(self, evaluator: "VLMEvaluator", stage: str, images: bool = True) -> None:
+    def log_examples(self, evaluator: "VLMEvaluator", stage: str, images: bool = True, answers: bool = True) -> None:
         """Generated images beside ground-truth renders (one row each) and sample answers, to TensorBoard."""
         tb = self._tensorboard()
         if tb is None or not self.trainer.is_global_zero:
@@ -388,7 +388,7 @@ class UnifiedVLM(pl.LightningModule):
             pairs = torch.stack([generated.float(), truth.float()], 1).flatten(0, 1)  # [2B, 3, H, W]
             tb.add_image(f"{stage}/generated_vs_truth", torchvision.utils.make_grid(pairs, nrow=2, padding=2, pad_value=1.0), self.global_step)
             tb.add_text(f"{stage}/generation_prompts", "\n\n".join(f"{i}. {p}" for i, p in enumerate(prompts)), self.global_step)
-        if evaluator.examples:
+        if answers and evaluator.examples:
             lines = [f"{e['task']}/{e['type'] or 'caption'} ({e['image_id']}): {e['answer']}" for e in evaluator.examples]
             tb.add_text(f"{stage}/answers", "\n\n".join(lines), self.global_step)
 

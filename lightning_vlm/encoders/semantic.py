@@ -39,7 +39,7 @@ def sigmoid_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
 def make_conv_stem(patch_size: int, width: int) -> nn.Sequential:
     """log2(patch_size) stages of (stride-2 3x3 conv, 3x3 conv), each with GroupNorm + GELU, widening to
     `width`, then a 1x1: [B, 3, H, W] -> [B, width, H/p, W/p]. A small CNN in front of the ViT
-    (the "hybrid" ViT) finds corner icons and hands within a few hundred steps from scratch."""
+    (the "hybrid" ViT); the norms keep its output at a usable scale from the first step."""
     levels = patch_size.bit_length() - 1
     if 2**levels != patch_size:
         raise ValueError(f"a conv stem needs a power-of-two patch_size, got {patch_size}")
