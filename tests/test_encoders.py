@@ -129,6 +129,26 @@ def test_contrastive_loss_goes_down(tiny_data):
     assert out["caption"].item() < 0.5 * first["caption"].item()  # the caption decoder learns from the patches too
 
 
+def test_phase_one_reconstruction_reaches_the_vit(tiny_data):
+    """recon_weight > 0 adds the pixel decoder's loss to phase 1, with gradient into the image tower;
+    at 0 the decoder is left alone until phase 2."""
+    batch, tokenizer = caption_batch(tiny_data)
+    batch["images"] = torch.nn.functional.interpolate(batch["images"], size=(SIZE, SIZE), mode="area")
+    for weight in (0.0, 1.0):
+        enc = tiny("semantic", recon_weight=weight, caption_weight=0.0).train()
+        enc.tokenizer = tokenizer
+        out = enc.contrastive(batch)
+        out["loss"].backward()
+        decoder_grad = sum(p.grad.abs().sum() for p in enc.decoder.parameters() if p.grad is not None)
+        if weight:
+            assert torch.isclose(out["loss"], out["contrastive"] + out["reconstruction"]) and decoder_grad > 0
+            stem_with = enc.patch_embed[0].weight.grad.clone()
+        else:
+            assert "reconstruction" not in out and decoder_grad == 0
+            stem_without = enc.patch_embed[0].weight.grad.clone()
+    assert not torch.allclose(stem_with, stem_without)  # the pixel loss shapes the ViT's features
+
+
 def test_caption_decoder_is_causal():
     """Changing a later caption token leaves the logits of earlier positions unchanged."""
     from lightning_vlm.encoders.transformer import CaptionDecoder

@@ -91,11 +91,11 @@ def uncached_image_indices(model, prompt_ids, n):
     """Reference decoding: re-run the whole sequence for every image token, as the study did."""
     emb = model.text_embeddings(torch.tensor([prompt_ids]))
     out = []
-    for _ in range(n):
+    for slot in range(n):
         h = model.backbone(emb)[:, -1]
         f, idx = model.sample_image_token(h.float(), None)
         out.append(int(idx))
-        emb = torch.cat([emb, model.embed_output_tokens(f)[:, None]], 1)
+        emb = torch.cat([emb, model.embed_output_tokens(f[:, None], first_slot=slot)], 1)
     return out
 
 
@@ -170,3 +170,63 @@ def test_tensorboard_gets_generated_grid_and_answers(tiny_data, encoders, tmp_pa
     events.Reload()
     assert {"val/generated_vs_truth", "test/generated_vs_truth"} <= set(events.Tags()["images"])
     assert {"val/answers/text_summary", "test/answers/text_summary"} <= set(events.Tags()["tensors"])
+
+
+def test_output_slot_embedding_marks_each_image_token(tiny_data, encoders):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    n = model.output_encoder.num_tokens
+    same = torch.randn(1, 1, model.output_encoder.dim).expand(1, n, -1)  # one code in every slot
+    emb = model.embed_output_tokens(same)[0]
+    assert torch.cdist(emb, emb).add(torch.eye(n)).min() > 0  # every slot differs from every other
+    assert torch.allclose(model.embed_output_tokens(same[:, :1], first_slot=3)[0, 0], emb[3], atol=1e-6)  # generation feeds slot by slot
+    plain = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", output_slot_embedding=False)
+    assert plain.output_slots is None and torch.equal(*plain.embed_output_tokens(same)[0, :2])
+
+
+def test_prompt_mask_is_the_request_text(tiny_data, encoders, batch):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    mask = model.prompt_mask(batch["input_ids"])
+    for i, meta in enumerate(batch["meta"]):
+        request = meta["conversations"][0]["text"]
+        assert model.tokenizer.decode(batch["input_ids"][i][mask[i]].tolist()).strip() == request.strip()
+    prefix = prompt_for(model, next(m for m in batch["meta"] if m["task"] == "generation"))
+    from lightning_vlm.architectures.generate import unconditional
+
+    hidden = unconditional(model, prefix)["input_ids"]
+    assert len(hidden) == len(prefix["input_ids"]) and model.tokenizer.id("<unk>") in hidden
+    assert [t for t, h in zip(prefix["input_ids"], hidden) if t != h]  # the request is gone, the rest kept
+
+
+def test_prompt_dropout_hides_generation_requests_in_training(tiny_data, encoders, batch):
+    """With dropout ~1 the image loss no longer depends on the request; in eval (no dropout) it does."""
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", prompt_dropout=0.999)
+    gen = batch["task"] == 2
+    other = {**batch, "input_ids": batch["input_ids"].masked_fill(model.prompt_mask(batch["input_ids"]) & gen[:, None], 50)}
+    losses = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        for name, b in (("same", batch), ("other", other)):
+            torch.manual_seed(1)
+            losses[mode, name] = model.losses(b)["image"].item()
+    assert losses["train", "same"] == pytest.approx(losses["train", "other"], abs=1e-6)
+    assert losses["eval", "same"] != pytest.approx(losses["eval", "other"], abs=1e-6)
+
+
+@pytest.mark.parametrize("cls,enc", [(DiscreteVLM, "vq"), (RegressionVLM, "semantic"), (DiffusionVLM, "ae")], ids=["discrete", "regression", "diffusion"])
+def test_guidance(cls, enc, tiny_data, encoders, batch):
+    """Guidance between identical states is plain sampling; guided generation runs end to end."""
+    model = make(cls, tiny_data, encoders, enc, enc, prompt_dropout=0.1, guidance_scale=3.0, image_temperature=1.0).eval()
+    if cls is DiffusionVLM:  # as if trained: unit latent scale and a non-zero (zero-initialised) output layer
+        model.latent_scale.fill_(1.0)
+        for p in model.image_head.parameters():
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.5)
+    h = torch.randn(3, TINY_BACKBONE["dim"])
+    plain, plain_idx = model.sample_image_token(h, torch.Generator().manual_seed(0))
+    guided, guided_idx = model.sample_guided_image_token(h, h, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, guided, atol=1e-5) and (plain_idx is None or torch.equal(plain_idx, guided_idx))
+    other, _ = model.sample_guided_image_token(h, torch.randn_like(h), torch.Generator().manual_seed(0))
+    assert not torch.allclose(plain, other, atol=1e-3)
+    metas = [m for m in batch["meta"] if m["task"] == "generation"][:2]
+    images, _ = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (len(metas), 3, 32, 32) and torch.isfinite(images).all()

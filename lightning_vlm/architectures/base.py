@@ -7,6 +7,18 @@
 *When input and output encoders are the same checkpoint, generated image tokens are
 fed back through the input projector: one shared space, as in the study.
 
+Output image tokens also get a learned embedding of their slot index (0..N-1). With
+rotary positions alone the state that predicts a token knows only relative offsets,
+and must find "which grid cell comes next" by attending back to <boi>; a corner icon
+the prompt asks for then has no fixed place to be drawn. The slot embedding tells
+it directly (`output_slot_embedding: false` turns it off, as in the study's model).
+
+Classifier-free guidance (Ho & Salimans, 2022): with `prompt_dropout` p, a training
+generation sample has its request text replaced by <unk> tokens with probability p, so
+the one model also learns unconditional generation. With `guidance_scale` w != 1, each
+image token is drawn from uncond + w x (cond - uncond) (logits, diffusion velocity or
+regressed feature), which strengthens what the prompt asks for.
+
 Each image-output slot is predicted from the hidden state one step before it; during
 training the slot itself holds the target encoder's feature (teacher forcing).
 Loss = text CE on assistant tokens + image_loss_weight x image loss. Architectures
@@ -38,7 +50,7 @@ from ..models.heads import lm_head
 from ..models.projectors import AffineMisalignment, MLPProjector
 from .evaluation import VLMEvaluator
 
-FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "image_head")
+FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "output_slots", "image_head")
 
 
 @contextmanager
@@ -92,6 +104,10 @@ class UnifiedVLM(pl.LightningModule):
         max_new_tokens: limit on generated text per answer at test time.
         reader: checkpoint of the attribute reader used to score generated images (test).
         image_temperature: sampling temperature of image tokens at test time (0 = greedy).
+        prompt_dropout: probability that a training generation sample's request is hidden (replaced
+            by <unk> tokens) so the model learns the unconditional image too; needed for guidance.
+        guidance_scale: classifier-free guidance at generation (1 = off; needs prompt_dropout > 0 in training).
+        output_slot_embedding: add a learned embedding of the slot index to every output image token.
         use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the
             data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
     """
@@ -118,10 +134,15 @@ class UnifiedVLM(pl.LightningModule):
         reader: str | None = None,
         image_temperature: float = 0.0,
         grid_images: int = 8,
+        prompt_dropout: float = 0.0,
+        guidance_scale: float = 1.0,
+        output_slot_embedding: bool = True,
         use_token_cache: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if not 0 <= prompt_dropout < 1:
+            raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         bad = set(freeze or []) - set(FREEZABLE)
         if bad:
             raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
@@ -147,11 +168,15 @@ class UnifiedVLM(pl.LightningModule):
         )
         self.input_projector = MLPProjector(self.input_encoder.dim, dim)
         self.output_projector = self.input_projector if self.shared_space else MLPProjector(self.output_encoder.dim, dim)
+        self.output_slots = nn.Embedding(self.output_encoder.num_tokens, dim) if output_slot_embedding else None
+        if self.output_slots is not None:
+            nn.init.normal_(self.output_slots.weight, std=0.02)
         self.image_head = self.build_image_head(dim, self.output_encoder)
         names = ["text", "image", "total"] + [f"text/{t}" for t in TASKS]
         self.val_losses = nn.ModuleDict({n.replace("/", "__"): MeanMetric(sync_on_compute=True) for n in names})
         for part in freeze or []:
-            getattr(self, part).requires_grad_(False)
+            if getattr(self, part) is not None:
+                getattr(self, part).requires_grad_(False)
         self._batch_started = None
 
     # ---- what an architecture supplies ----------------------------------------------------
@@ -165,6 +190,23 @@ class UnifiedVLM(pl.LightningModule):
     def sample_image_token(self, h: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next image token from h [B, dim]: (features [B, F] to feed back, indices [B] or None)."""
         raise NotImplementedError
+
+    def sample_guided_image_token(self, h: torch.Tensor, h_uncond: torch.Tensor, generator: torch.Generator | None):
+        """As `sample_image_token`, with classifier-free guidance between the states of the prompted and
+        the prompt-hidden sequence (scale `hparams.guidance_scale`). Optional for an architecture."""
+        raise NotImplementedError(f"{type(self).__name__} does not support classifier-free guidance: set guidance_scale: 1.0")
+
+    # ---- classifier-free guidance ----------------------------------------------------------
+    def prompt_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: the text of each sequence's first user turn (between its <user> and <eot>), the
+        part hidden for unconditional generation."""
+        b = self.builder
+        in_first_turn = ((ids == b.user).cumsum(1) == 1) & ((ids == b.eot).cumsum(1) == 0)
+        return in_first_turn & ~torch.isin(ids, torch.tensor([b.user, b.boi, b.image, b.eoi], device=ids.device))
+
+    def hide_prompts(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """ids with the first-turn text of `rows` ([B] bool) replaced by <unk>."""
+        return ids.masked_fill(self.prompt_mask(ids) & rows[:, None], self.tokenizer.id("<unk>"))
 
     # ---- embeddings ----------------------------------------------------------------------
     @torch.no_grad()
@@ -188,8 +230,12 @@ class UnifiedVLM(pl.LightningModule):
     def embed_input_images(self, feats: torch.Tensor) -> torch.Tensor:
         return self.input_projector(self.misalign(feats))
 
-    def embed_output_tokens(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.output_projector(feats)
+    def embed_output_tokens(self, feats: torch.Tensor, first_slot: int = 0) -> torch.Tensor:
+        """Output-token features [B, n, F] (slots first_slot .. first_slot + n - 1) -> embeddings [B, n, D]."""
+        emb = self.output_projector(feats)
+        if self.output_slots is not None:
+            emb = emb + self.output_slots.weight[first_slot: first_slot + feats.shape[1]].to(emb.dtype)
+        return emb
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Input embeddings [B, L, D] with image slots filled; also the output targets."""
@@ -232,6 +278,10 @@ class UnifiedVLM(pl.LightningModule):
 
     # ---- training --------------------------------------------------------------------------
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.training and self.hparams.prompt_dropout > 0:
+            is_gen = batch["task"] == TASKS.index("generation")
+            drop = is_gen & (torch.rand(is_gen.shape, device=is_gen.device) < self.hparams.prompt_dropout)
+            batch = {**batch, "input_ids": self.hide_prompts(batch["input_ids"], drop)}  # targets are assistant tokens: unchanged
         emb, targets = self.embed_batch(batch)
         hidden = self.backbone(emb)  # right-padded: the causal fast path is exact at real tokens
         h_prev = hidden[:, :-1]  # position t predicts token t + 1
@@ -258,7 +308,7 @@ class UnifiedVLM(pl.LightningModule):
         every rank, even when this rank's batch has no generation (or no understanding) sample."""
         idle = []
         if not batch["image_out_mask"].any():
-            idle += [self.image_head, self.output_projector]
+            idle += [self.image_head, self.output_projector] + ([self.output_slots] if self.output_slots is not None else [])
         if not batch["image_in_mask"].any():
             idle.append(self.input_projector)
         params = [p for m in idle for p in m.parameters() if p.requires_grad]

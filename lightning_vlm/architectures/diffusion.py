@@ -47,3 +47,8 @@ class DiffusionVLM(UnifiedVLM):
     def sample_image_token(self, h, generator):
         x = self.image_head.sample(h, steps=self.hparams.sampling_steps, temperature=self.hparams.noise_temperature, generator=generator)
         return (x * self.latent_scale.clamp(min=1e-6)).float(), None
+
+    def sample_guided_image_token(self, h, h_uncond, generator):
+        x = self.image_head.sample(h, steps=self.hparams.sampling_steps, temperature=self.hparams.noise_temperature,
+                                   generator=generator, z_uncond=h_uncond, guidance_scale=self.hparams.guidance_scale)
+        return (x * self.latent_scale.clamp(min=1e-6)).float(), None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.heads import DiscreteImageHead
+from ..models.heads import DiscreteImageHead, sample_logits
 from .base import UnifiedVLM
 
 
@@ -27,3 +27,9 @@ class DiscreteVLM(UnifiedVLM):
         idx = self.image_head.sample(h, temperature=self.hparams.image_temperature, generator=generator)  # [B]
         codes = self.output_encoder.codes_from_indices(idx[:, None])[:, 0]  # [B, 1] -> [B, F]
         return codes.float(), idx
+
+    def sample_guided_image_token(self, h, h_uncond, generator):
+        cond, uncond = self.image_head(h).float(), self.image_head(h_uncond).float()
+        logits = uncond + self.hparams.guidance_scale * (cond - uncond)
+        idx = sample_logits(logits, self.hparams.image_temperature, generator)
+        return self.output_encoder.codes_from_indices(idx[:, None])[:, 0].float(), idx

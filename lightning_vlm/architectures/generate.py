@@ -81,14 +81,32 @@ def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, genera
 
 @torch.no_grad()
 def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None = None):
-    """The N output image tokens after each prefix (ending in <boi>): features [B, N, F], indices [B, N] or None."""
-    n = model.output_encoder.num_tokens
+    """The N output image tokens after each prefix (ending in <boi>): features [B, N, F], indices [B, N] or None.
+
+    With `guidance_scale` != 1 the same prefixes with the request hidden run beside them in one
+    batch (rows B..2B-1), and both halves are fed the guided token.
+    """
+    n, b = model.output_encoder.num_tokens, len(prefixes)
+    guided = float(getattr(model.hparams, "guidance_scale", 1.0)) != 1.0
+    if guided:
+        prefixes = prefixes + [unconditional(model, p) for p in prefixes]
     cache, last = _prefill(model, prefixes, None, n)
     feats, indices = [], []
     for step in range(n):
-        f, idx = model.sample_image_token(last.float(), generator)  # [B, F], [B] or None
+        if guided:
+            f, idx = model.sample_guided_image_token(last[:b].float(), last[b:].float(), generator)
+        else:
+            f, idx = model.sample_image_token(last.float(), generator)  # [B, F], [B] or None
         feats.append(f)
         indices.append(idx)
         if step < n - 1:
-            last = model.backbone(model.embed_output_tokens(f).to(last.dtype)[:, None], cache=cache)[:, 0]
+            feed = torch.cat([f, f]) if guided else f
+            last = model.backbone(model.embed_output_tokens(feed[:, None], first_slot=step).to(last.dtype), cache=cache)[:, 0]
     return torch.stack(feats, 1), (torch.stack(indices, 1) if indices[0] is not None else None)
+
+
+def unconditional(model, prefix: dict) -> dict:
+    """The prefix with its request text replaced by <unk> (same length: positions line up)."""
+    ids = torch.tensor([prefix["input_ids"]])
+    hidden = model.hide_prompts(ids, torch.ones(1, dtype=torch.bool))[0].tolist()
+    return {**prefix, "input_ids": hidden}

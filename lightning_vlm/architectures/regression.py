@@ -40,7 +40,13 @@ class RegressionVLM(UnifiedVLM):
         return self.image_head.loss(h, features)
 
     def sample_image_token(self, h, generator):
-        pred = self.image_head.sample(h)
+        return self._feed_back(self.image_head.sample(h))
+
+    def sample_guided_image_token(self, h, h_uncond, generator):
+        cond, uncond = self.image_head.sample(h).float(), self.image_head.sample(h_uncond).float()
+        return self._feed_back(uncond + self.hparams.guidance_scale * (cond - uncond))
+
+    def _feed_back(self, pred):
         if self.image_head.kind == "cosine":
             pred = F.normalize(pred, dim=-1) * self.target_norm
         return pred.float(), None

@@ -112,12 +112,14 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, steps: int = 50, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, z_uncond: torch.Tensor | None = None,
+               guidance_scale: float = 1.0) -> torch.Tensor:
         """Tokens [M, feat_dim] for conditions z [M, cond_dim], by `steps` deterministic DDIM steps (eta = 0).
 
         The starting noise is scaled by `temperature` (0: start from zeros, a fully
         deterministic sample); it is drawn from `generator`, on the generator's device,
-        so one seed gives the same samples on CPU and GPU.
+        so one seed gives the same samples on CPU and GPU. With `z_uncond`, each step uses
+        the guided velocity v_uncond + guidance_scale x (v - v_uncond).
         """
         if not 1 <= steps <= self.num_train_timesteps:
             raise ValueError(f"steps must be in [1, {self.num_train_timesteps}], got {steps}")
@@ -125,6 +127,9 @@ class DiffusionHead(nn.Module):
         ts = torch.linspace(self.num_train_timesteps - 1, 0, steps).round().long().tolist()
         for i, t in enumerate(ts):
             v = self(x, torch.full((x.shape[0],), t, device=z.device), z).float()
+            if z_uncond is not None:
+                v_uncond = self(x, torch.full((x.shape[0],), t, device=z.device), z_uncond).float()
+                v = v_uncond + guidance_scale * (v - v_uncond)
             a, s = self.alpha[t], self.sigma[t]
             x0, eps = a * x - s * v, s * x + a * v  # invert v = a eps - s x0 with x = a x0 + s eps
             x = x0 if i == len(ts) - 1 else self.alpha[ts[i + 1]] * x0 + self.sigma[ts[i + 1]] * eps

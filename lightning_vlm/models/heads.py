@@ -59,11 +59,15 @@ class DiscreteImageHead(nn.Module):
 
         Draws by the Gumbel-max trick: argmax(logits / temperature + Gumbel noise).
         """
-        logits = self(h).float()
-        if temperature <= 0:
-            return logits.argmax(-1)
-        u = draw(torch.rand, logits.shape, generator, logits.device).clamp(min=1e-20)
-        return (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+        return sample_logits(self(h).float(), temperature, generator)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices [...] from logits [..., V]: argmax at temperature 0, else a Gumbel-max draw from softmax(logits / temperature)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    u = draw(torch.rand, logits.shape, generator, logits.device).clamp(min=1e-20)
+    return (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
 
 
 class RegressionImageHead(nn.Module):
