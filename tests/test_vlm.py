@@ -230,3 +230,19 @@ def test_guidance(cls, enc, tiny_data, encoders, batch):
     metas = [m for m in batch["meta"] if m["task"] == "generation"][:2]
     images, _ = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3, generator=torch.Generator().manual_seed(0))
     assert images.shape == (len(metas), 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("cls,enc", [(DiscreteVLM, "vq"), (DiffusionVLM, "ae")], ids=["discrete", "diffusion"])
+def test_prompt_gain(cls, enc, tiny_data, encoders, batch):
+    """Reproducible (the diffusion head's noise is replayed), and exactly 0 when the requests are already hidden."""
+    from lightning_vlm.architectures.evaluation import prompt_gain
+
+    model = make(cls, tiny_data, encoders, enc, enc).eval()
+    for p in model.image_head.parameters():  # the diffusion head's zero-initialised output would ignore its condition
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.5)
+    gen = [i for i, m in enumerate(batch["meta"]) if m["task"] == "generation"]
+    first = prompt_gain(model, batch, gen)
+    assert first == prompt_gain(model, batch, gen) and first != 0
+    hidden = {**batch, "input_ids": model.hide_prompts(batch["input_ids"], torch.ones(len(batch["meta"]), dtype=torch.bool))}
+    assert prompt_gain(model, hidden, gen) == 0

@@ -3,7 +3,9 @@
 Names are stable (DESIGN.md): test/vqa/{time,weather,battery,position,weather_position,
 battery_position,total}, test/caption/{recall,correct/<attr>}, test/gen/<attr> (the
 attribute reader on what each prompt asked for), test/gen/{fd_reader,kid_reader_mean,
-kid_reader_std}. Padding rows (DDP balance copies) are never scored.
+kid_reader_std}, and test/gen/prompt_gain: the relative drop of the teacher-forced
+image loss on the true image when the model sees the request rather than <unk> tokens in
+its place (0: generation ignores the prompt). Padding rows (DDP balance copies) are never scored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ GROUPS = ("time", "weather", "battery", "weather_position", "battery_position")
 # Every rank holds every metric, so syncing at compute time matches up across ranks.
 METRIC_NAMES = (
     [f"vqa/{g}" for g in GROUPS] + ["vqa/position", "vqa/total", "caption/recall"]
-    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS]
+    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS] + ["gen/prompt_gain"]
 )
 
 
@@ -80,6 +82,7 @@ class VLMEvaluator(nn.Module):
                     self.examples.append({"task": kind, "type": qtype, "answer": text, "question": question, "image_id": meta["image_id"]})
         gen = [i for i in real if batch["meta"][i]["task"] == "generation"]
         if gen:
+            self._add("gen/prompt_gain", prompt_gain(model, batch, gen), len(gen))
             images, _ = generate_images(model, [prompt_for(model, batch["meta"][i]) for i in gen], max_new_tokens, generator)
             truth = batch["images"][gen]
             if self.reader is not None:
@@ -106,3 +109,20 @@ class VLMEvaluator(nn.Module):
                 log.warning("FD-reader/KID-reader skipped: %s", exn)
         return dict(sorted(out.items()))
 
+
+@torch.no_grad()
+def prompt_gain(model, batch: dict, rows: list[int]) -> float:
+    """1 - (image loss with the request) / (image loss with it hidden), teacher-forced on the true images
+    of `rows`; both passes draw the same random numbers (the diffusion head's noise and timesteps)."""
+    from .base import select_rows
+
+    keep = torch.zeros(len(batch["meta"]), dtype=torch.bool, device=batch["input_ids"].device)
+    keep[rows] = True
+    sub = select_rows(batch, keep)
+    hidden = {**sub, "input_ids": model.hide_prompts(sub["input_ids"], torch.ones_like(keep[keep]))}
+    losses = []
+    for b in (sub, hidden):
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            losses.append(float(model.losses(b)["image"]))
+    return 1 - losses[0] / losses[1] if losses[1] > 0 else 0.0
