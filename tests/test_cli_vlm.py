@@ -119,3 +119,13 @@ def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
     assert [l["kind"] for l in lines] == ["generate", "generate", "answer"]
     assert (tmp_path / "runs/predictions" / lines[0]["image_file"]).is_file()
     assert lines[2]["question"] == "What is the weather?" and isinstance(lines[2]["answer"], str)
+
+
+def test_every_training_config_checkpoints_while_it_runs():
+    """save_top_k: 0 writes last.ckpt only when fit ends: a killed run would leave nothing to resume."""
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        config = yaml.safe_load(path.read_text()) or {}
+        for cb in (config.get("trainer") or {}).get("callbacks") or []:
+            if cb["class_path"].endswith("ModelCheckpoint"):
+                args = cb.get("init_args", {})
+                assert args.get("save_top_k", 1) != 0 and (args.get("monitor") or args.get("every_n_train_steps")), path
