@@ -10,6 +10,10 @@ from __future__ import annotations
 import sys
 
 LIGHTNING_VERBS = {"fit", "validate", "test", "predict"}
+# How a trained model samples and is scored, not what it learned: at test/predict time these
+# come from the command line and config, never from the checkpoint's saved hyperparameters.
+INFERENCE_KNOBS = ("guidance_scale", "image_temperature", "max_new_tokens", "reader", "grid_images",
+                   "sampling_steps", "noise_temperature", "flow_steps", "use_token_cache")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -18,8 +22,27 @@ def lightning_main(args: list[str] | None = None) -> None:
 
     from lightning_vlm.registry import import_all
 
+    class VLMCLI(LightningCLI):
+        """LightningCLI that lets `test --ckpt_path X --model.init_args.guidance_scale 3` mean what it says.
+
+        With a ckpt_path, LightningCLI replaces the model's arguments by the checkpoint's saved
+        hyperparameters, so a sampling setting given for this run would be silently ignored.
+        """
+
+        def parse_arguments(self, parser, args):
+            super().parse_arguments(parser, args)
+            sub = self.config.get("subcommand")
+            init = self.config.get(f"{sub}.model.init_args") if sub else None
+            self._inference = {k: init[k] for k in INFERENCE_KNOBS if init is not None and k in init}
+
+        def before_instantiate_classes(self):
+            sub = self.config.get("subcommand")
+            if sub and sub != "fit" and self._inference:
+                for key, value in self._inference.items():
+                    self.config[f"{sub}.model.init_args.{key}"] = value
+
     import_all()  # plugin classes become nameable in YAML by their short class name
-    LightningCLI(
+    VLMCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

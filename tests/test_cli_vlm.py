@@ -129,3 +129,13 @@ def test_every_training_config_checkpoints_while_it_runs():
             if cb["class_path"].endswith("ModelCheckpoint"):
                 args = cb.get("init_args", {})
                 assert args.get("save_top_k", 1) != 0 and (args.get("monitor") or args.get("every_n_train_steps")), path
+
+
+def test_sampling_settings_given_at_test_time_beat_the_checkpoint(overlay, tmp_path):
+    """LightningCLI replaces model arguments by a checkpoint's hyperparameters; sampling knobs must not be."""
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq")
+    cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    out = cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt", "--trainer.limit_test_batches", "1",
+              "--model.init_args.guidance_scale", "2.5", "--model.init_args.max_new_tokens", "3", cwd=tmp_path)
+    assert "guidance_scale=2.5" in out and "max_new_tokens=3" in out

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -382,6 +382,9 @@ class UnifiedVLM(pl.LightningModule):
         self.log_examples(evaluator, "val")
 
     def on_test_epoch_start(self) -> None:
+        hp = self.hparams
+        knobs = {k: hp[k] for k in ("guidance_scale", "image_temperature", "max_new_tokens", "sampling_steps", "noise_temperature") if k in hp}
+        rank_zero_info("generation settings: " + ", ".join(f"{k}={v}" for k, v in knobs.items()))
         reader = None
         if self.hparams.reader:
             from ..eval.reader import AttributeReader
