@@ -385,6 +385,8 @@ class UnifiedVLM(pl.LightningModule):
         hp = self.hparams
         knobs = {k: hp[k] for k in ("guidance_scale", "image_temperature", "max_new_tokens", "sampling_steps", "noise_temperature") if k in hp}
         rank_zero_info("generation settings: " + ", ".join(f"{k}={v}" for k, v in knobs.items()))
+        if hp.guidance_scale != 1 and not hp.prompt_dropout:
+            rank_zero_warn(f"guidance_scale={hp.guidance_scale} on a model trained with prompt_dropout 0: its unconditional branch never saw a hidden request")
         reader = None
         if self.hparams.reader:
             from ..eval.reader import AttributeReader
