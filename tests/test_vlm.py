@@ -8,6 +8,7 @@ from lightning_vlm.architectures.discrete import DiscreteVLM
 from lightning_vlm.architectures.generate import generate_images, generate_text, image_tokens, prompt_for
 from lightning_vlm.architectures.regression import RegressionVLM
 from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.smartwatch.tasks import TASKS
 from tiny_encoders import export_tiny_encoders
 
 TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
@@ -183,6 +184,16 @@ def test_output_slot_embedding_marks_each_image_token(tiny_data, encoders):
     assert plain.output_slots is None and torch.equal(*plain.embed_output_tokens(same)[0, :2])
 
 
+def wake_image_head(model):
+    """As if trained: the diffusion head's zero-initialised layers would ignore their condition, and
+    its latent scale is unmeasured (0) before the first training step."""
+    for p in model.image_head.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.5)
+    if hasattr(model, "latent_scale"):
+        model.latent_scale.fill_(1.0)
+
+
 def test_prompt_mask_is_the_request_text(tiny_data, encoders, batch):
     model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
     mask = model.prompt_mask(batch["input_ids"])
@@ -200,7 +211,7 @@ def test_prompt_mask_is_the_request_text(tiny_data, encoders, batch):
 def test_prompt_dropout_hides_generation_requests_in_training(tiny_data, encoders, batch):
     """With dropout ~1 the image loss no longer depends on the request; in eval (no dropout) it does."""
     model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", prompt_dropout=0.999)
-    gen = batch["task"] == 2
+    gen = batch["task"] == TASKS.index("generation")
     other = {**batch, "input_ids": batch["input_ids"].masked_fill(model.prompt_mask(batch["input_ids"]) & gen[:, None], 50)}
     losses = {}
     for mode in ("train", "eval"):
@@ -216,11 +227,7 @@ def test_prompt_dropout_hides_generation_requests_in_training(tiny_data, encoder
 def test_guidance(cls, enc, tiny_data, encoders, batch):
     """Guidance between identical states is plain sampling; guided generation runs end to end."""
     model = make(cls, tiny_data, encoders, enc, enc, prompt_dropout=0.1, guidance_scale=3.0, image_temperature=1.0).eval()
-    if cls is DiffusionVLM:  # as if trained: unit latent scale and a non-zero (zero-initialised) output layer
-        model.latent_scale.fill_(1.0)
-        for p in model.image_head.parameters():
-            if not p.any():
-                torch.nn.init.normal_(p, std=0.5)
+    wake_image_head(model)
     h = torch.randn(3, TINY_BACKBONE["dim"])
     plain, plain_idx = model.sample_image_token(h, torch.Generator().manual_seed(0))
     guided, guided_idx = model.sample_guided_image_token(h, h, torch.Generator().manual_seed(0))
@@ -238,9 +245,7 @@ def test_prompt_gain(cls, enc, tiny_data, encoders, batch):
     from lightning_vlm.architectures.evaluation import prompt_gain
 
     model = make(cls, tiny_data, encoders, enc, enc).eval()
-    for p in model.image_head.parameters():  # the diffusion head's zero-initialised output would ignore its condition
-        if not p.any():
-            torch.nn.init.normal_(p, std=0.5)
+    wake_image_head(model)
     gen = [i for i, m in enumerate(batch["meta"]) if m["task"] == "generation"]
     first = prompt_gain(model, batch, gen)
     assert first == prompt_gain(model, batch, gen) and first != 0
