@@ -251,3 +251,25 @@ def test_prompt_gain(cls, enc, tiny_data, encoders, batch):
     assert first == prompt_gain(model, batch, gen) and first != 0
     hidden = {**batch, "input_ids": model.hide_prompts(batch["input_ids"], torch.ones(len(batch["meta"]), dtype=torch.bool))}
     assert prompt_gain(model, hidden, gen) == 0
+
+
+def test_init_weights_starts_from_another_checkpoint(tiny_data, encoders, batch, tmp_path):
+    source = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1)
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", init_weights=str(path))
+    assert not torch.equal(model.backbone.blocks[0].attn.qkv.weight, source.backbone.blocks[0].attn.qkv.weight)
+    model.setup("fit")
+    for (name, mine), theirs in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    assert torch.allclose(model.losses(batch)["total"], source.losses(batch)["total"])
+
+    other = make(DiscreteVLM, tiny_data, encoders, "semantic", "vq", init_weights=str(path))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        other.setup("fit")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make(DiscreteVLM, tiny_data, encoders, "vq", "vq", init_weights=str(tmp_path / "missing.ckpt")).setup("fit")

@@ -110,6 +110,8 @@ class UnifiedVLM(pl.LightningModule):
         output_slot_embedding: add a learned embedding of the slot index to every output image token.
         use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the
             data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
+        init_weights: a VLM checkpoint whose weights start this fit (a curriculum's next stage, with a
+            fresh optimiser and schedule); `fit --ckpt_path` still resumes a stopped run over it.
     """
 
     output_is_discrete = False
@@ -138,6 +140,7 @@ class UnifiedVLM(pl.LightningModule):
         guidance_scale: float = 1.0,
         output_slot_embedding: bool = True,
         use_token_cache: bool = True,
+        init_weights: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -264,7 +267,9 @@ class UnifiedVLM(pl.LightningModule):
                              f"gives {n} tokens: set data.image_tokens_{'in' if side == 'input' else 'out'}: {n}")
 
     def setup(self, stage: str) -> None:
-        """Fails early when the data was built with another tokenizer or image-token counts."""
+        """Warm-starts from `init_weights`; fails early when the data was built with another tokenizer or image-token counts."""
+        if stage == "fit" and self.hparams.init_weights:
+            self.load_weights(self.hparams.init_weights)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or not hasattr(dm, "tokenizer"):
             return
@@ -275,6 +280,21 @@ class UnifiedVLM(pl.LightningModule):
                 raise ValueError(f"data.image_tokens_{side} is {n} but the {side}put encoder gives {enc.num_tokens} tokens: set data.init_args.image_tokens_{side}: {enc.num_tokens}")
         if self.hparams.use_token_cache and hasattr(dm, "data_dir"):
             self.open_token_caches(dm.data_dir)
+
+    def load_weights(self, path: str) -> None:
+        """Copies every weight from another checkpoint of the same architecture and sizes."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_weights: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = {k: v for k, v in state.items() if not k.startswith("val_losses.")}
+        mine = {k: v for k, v in self.state_dict().items() if not k.startswith("val_losses.")}
+        missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        wrong = [k for k in set(mine) & set(state) if mine[k].shape != state[k].shape]
+        if missing or extra or wrong:
+            raise ValueError(f"init_weights: {path} does not fit this model (missing {missing[:3]}, unexpected "
+                             f"{extra[:3]}, other shapes {sorted(wrong)[:3]}): same architecture, encoders and backbone needed")
+        self.load_state_dict(state, strict=False)
+        rank_zero_info(f"init_weights: started from the weights of {path}")
 
     # ---- training --------------------------------------------------------------------------
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
