@@ -139,3 +139,18 @@ def test_sampling_settings_given_at_test_time_beat_the_checkpoint(overlay, tmp_p
     out = cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt", "--trainer.limit_test_batches", "1",
               "--model.init_args.guidance_scale", "2.5", "--model.init_args.max_new_tokens", "3", cwd=tmp_path)
     assert "guidance_scale=2.5" in out and "max_new_tokens=3" in out
+
+
+CURRICULA = sorted((ROOT / "configs/smartwatch/curriculum").glob("*_stage1.yaml"))
+
+
+@pytest.mark.parametrize("stage1", CURRICULA, ids=lambda p: p.stem.removesuffix("_stage1"))
+def test_curriculum_stage2_starts_from_stage1(stage1, overlay, tmp_path):
+    cell = stage1.stem.removesuffix("_stage1")
+    config, stage2 = str(ROOT / f"configs/smartwatch/{cell}.yaml"), str(stage1.with_name(f"{cell}_stage2.yaml"))
+    layer = overlay(*encoders_of(ROOT / f"configs/smartwatch/{cell}.yaml"), limit_val_batches=0)
+    first = cli("fit", "--config", config, "--config", str(stage1), "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
+    assert "init_weights" not in first
+    second = cli("fit", "--config", config, "--config", stage2, "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
+    assert f"init_weights: started from the weights of runs/{cell}_stage1/last.ckpt" in second
+    assert torch.load(tmp_path / f"runs/{cell}_stage2/last.ckpt", weights_only=False)["global_step"] == 2
