@@ -4,6 +4,7 @@ import pytest
 
 from lightning_vlm.eval.scoring import (
     battery_score,
+    corner_filled,
     mentioned_groups,
     parse_battery,
     parse_time,
@@ -76,3 +77,13 @@ def test_score_attributes_and_groups():
     assert scores["battery"] == pytest.approx(0.97)
     assert scores["weather"] == 0.0 and scores["weather_position"] == 1.0
     assert mentioned_groups(["minute", "hour", "battery"]) == ["time", "battery"]
+
+
+def test_corner_filled_tells_a_swap_from_an_empty_corner():
+    true = {"weather_position": "top-left", "battery_position": "bottom-right"}
+    swapped = {"weather_position": "bottom-right", "battery_position": "top-left"}
+    elsewhere = {"weather_position": "top-right", "battery_position": "bottom-left"}
+    assert score_attributes(dict(ATTRS, **swapped), dict(ATTRS, **true), ["weather_position"]) == {"weather_position": 0.0}
+    assert corner_filled(swapped, true, "weather_position") == 1.0 and corner_filled(swapped, true, "battery_position") == 1.0
+    assert corner_filled(elsewhere, true, "weather_position") == 0.0
+    assert corner_filled(true, true, "battery_position") == 1.0

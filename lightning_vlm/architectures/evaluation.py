@@ -3,9 +3,11 @@
 Names are stable (DESIGN.md): test/vqa/{time,weather,battery,position,weather_position,
 battery_position,total}, test/caption/{recall,correct/<attr>}, test/gen/<attr> (the
 attribute reader on what each prompt asked for), test/gen/{fd_reader,kid_reader_mean,
-kid_reader_std}, and test/gen/prompt_gain: the relative drop of the teacher-forced
-image loss on the true image when the model sees the request rather than <unk> tokens in
-its place (0: generation ignores the prompt). Padding rows (DDP balance copies) are never scored.
+kid_reader_std}, test/gen/corner_filled (the requested corner holds an item, the right one
+or not: beside gen/*_position it tells a swapped pair from an ignored corner), and
+test/gen/prompt_gain: the relative drop of the teacher-forced image loss on the true image
+when the model sees the request rather than <unk> tokens in its place (0: generation
+ignores the prompt). Padding rows (DDP balance copies) are never scored.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ..eval.caption import score_caption
-from ..eval.scoring import mentioned_groups, score_answer, score_attributes
+from ..eval.scoring import corner_filled, mentioned_groups, score_answer, score_attributes
 from .generate import generate_images, generate_text, prompt_for
 
 log = logging.getLogger("lightning_vlm")
@@ -26,7 +28,7 @@ GROUPS = ("time", "weather", "battery", "weather_position", "battery_position")
 # Every rank holds every metric, so syncing at compute time matches up across ranks.
 METRIC_NAMES = (
     [f"vqa/{g}" for g in GROUPS] + ["vqa/position", "vqa/total", "caption/recall"]
-    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS] + ["gen/prompt_gain"]
+    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS] + ["gen/corner_filled", "gen/prompt_gain"]
 )
 
 
@@ -91,6 +93,8 @@ class VLMEvaluator(nn.Module):
                 for pred, meta in zip(preds, metas):
                     for group, score in score_attributes(pred, meta["attributes"], mentioned_groups(meta["mentioned"])).items():
                         self._add(f"gen/{group}", score)
+                        if group in POSITION_TYPES:
+                            self._add("gen/corner_filled", corner_filled(pred, meta["attributes"], group))
                 self.distances.update(images.to(self.reader.device), real=False)
                 self.distances.update(truth.to(self.reader.device), real=True)
             self.last_images = (images.cpu(), truth.cpu(), [batch["meta"][i]["conversations"][0]["text"] for i in gen])

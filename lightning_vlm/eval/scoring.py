@@ -97,6 +97,15 @@ def score_attributes(
     return scores
 
 
+def corner_filled(pred: Mapping[str, Any], true: Mapping[str, Any], group: str) -> float:
+    """1 when the corner asked for in `group` (weather_position or battery_position) holds either item.
+
+    Beside the position score it separates "knows which corners the prompt names" from
+    "knows which item goes where": a model that swaps the two items scores 1 here, 0 there.
+    """
+    return float(true[group] in (pred["weather_position"], pred["battery_position"]))
+
+
 def mentioned_groups(mentioned: Iterable[str]) -> list[str]:
     """Groups covered by a prompt's mentioned attributes; accepts world attribute names or group names."""
     out = []
