@@ -145,12 +145,14 @@ CURRICULA = sorted((ROOT / "configs/smartwatch/curriculum").glob("*_stage1.yaml"
 
 
 @pytest.mark.parametrize("stage1", CURRICULA, ids=lambda p: p.stem.removesuffix("_stage1"))
-def test_curriculum_stage2_starts_from_stage1(stage1, overlay, tmp_path):
+def test_each_curriculum_stage_starts_from_the_one_before(stage1, overlay, tmp_path):
     cell = stage1.stem.removesuffix("_stage1")
-    config, stage2 = str(ROOT / f"configs/smartwatch/{cell}.yaml"), str(stage1.with_name(f"{cell}_stage2.yaml"))
+    config = str(ROOT / f"configs/smartwatch/{cell}.yaml")
+    stages = sorted(stage1.parent.glob(f"{cell}_stage*.yaml"))
+    assert len(stages) >= 2
     layer = overlay(*encoders_of(ROOT / f"configs/smartwatch/{cell}.yaml"), limit_val_batches=0)
-    first = cli("fit", "--config", config, "--config", str(stage1), "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
-    assert "init_weights" not in first
-    second = cli("fit", "--config", config, "--config", stage2, "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
-    assert f"init_weights: started from the weights of runs/{cell}_stage1/last.ckpt" in second
-    assert torch.load(tmp_path / f"runs/{cell}_stage2/last.ckpt", weights_only=False)["global_step"] == 2
+    for n, stage in enumerate(stages, start=1):
+        out = cli("fit", "--config", config, "--config", str(stage), "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
+        started_from = f"init_weights: started from the weights of runs/{cell}_stage{n - 1}/last.ckpt"
+        assert (started_from in out) if n > 1 else ("init_weights" not in out)
+        assert torch.load(tmp_path / f"runs/{cell}_stage{n}/last.ckpt", weights_only=False)["global_step"] == 2
