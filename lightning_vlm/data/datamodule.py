@@ -10,6 +10,12 @@ copies flagged `is_padding`. Bad samples are skipped with a warning, counted in
 Task weights: a preset runs one pass per epoch over the named tasks ("mixed": all
 three, "understanding_only": vqa + caption, "generation_only": generation); a
 {task: weight} mapping makes each task that share of `epoch_samples` instead.
+
+Mid-epoch resume: the training loader is stateful for Lightning (state_dict /
+load_state_dict), saving (epoch, batches done). A run restarted from a checkpoint taken
+mid-epoch rebuilds that epoch's plan and drops the batches already trained on, so it
+sees exactly the remaining ones (with several workers, in an order that may swap
+neighbouring batches) instead of replaying the epoch's start.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
         self.image_size = image_size if image_size is not None else manifest.get("image_size")
-        self.epoch = 0
+        self.epoch, self.skip_batches = 0, 0
         if len(self) == 0:
             raise ValueError(
                 f"split '{split}' gives no batch per rank: {sum(self.task_samples.values())} samples over "
@@ -111,8 +117,16 @@ class ShardStream(IterableDataset):
         """Batches this rank yields per epoch (all its workers together)."""
         return self.batches_per_slot() * max(1, self.num_workers)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The epoch to plan, and how many of this rank's first batches to drop (a mid-epoch resume)."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _batches_to_skip(self) -> int:
+        """This worker's share of the rank's first `skip_batches`: the DataLoader takes batches from
+        its workers in turn, and in training every worker yields the same number."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return len(range(worker, self.skip_batches, workers))
 
     def _slot(self) -> int:
         info = get_worker_info()
@@ -182,10 +196,14 @@ class ShardStream(IterableDataset):
         counter = {"skipped": 0}
         batch: list[dict] = []
         emitted, limit = 0, self.batches_per_slot()
+        skip = self._batches_to_skip()
+        if skip >= limit:
+            return
         for sample in self._samples(slot, counter):
             batch.append(sample)
             if len(batch) == self.batch_size:
-                yield self._collate(batch, counter)
+                if emitted >= skip:
+                    yield self._collate(batch, counter)
                 batch, emitted = [], emitted + 1
                 if emitted == limit:
                     return
@@ -212,8 +230,30 @@ class _EpochLoader(DataLoader):
         self._epoch_fn = epoch_fn
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch_fn())
+        self.dataset.set_epoch(self._epoch_fn(), self._skip(self._epoch_fn()))
         return super().__iter__()
+
+    def _skip(self, epoch: int) -> int:
+        return 0
+
+
+class _ResumableLoader(_EpochLoader):
+    """The training loader, checkpointed by Lightning: see "Mid-epoch resume" in the module docstring."""
+
+    def __init__(self, dataset: ShardStream, epoch_fn, batches_done_fn, **kwargs):
+        super().__init__(dataset, epoch_fn, **kwargs)
+        self._batches_done_fn = batches_done_fn
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch_fn(), "batches_done": self._batches_done_fn()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+    def _skip(self, epoch: int) -> int:
+        resume, self._resume = self._resume, None  # only the first epoch after a restore
+        return int(resume["batches_done"]) if resume and resume["epoch"] == epoch else 0
 
 
 class SmartWatchDataModule(pl.LightningDataModule):
@@ -295,13 +335,21 @@ class SmartWatchDataModule(pl.LightningDataModule):
         if not self.manifest["splits"].get(split):
             raise ValueError(f"{self.data_dir} has no '{split}' split; it has {', '.join(self.manifest['splits'])}")
         w = self.hparams.num_workers
-        return _EpochLoader(
+        stateful = {"batches_done_fn": self._batches_done} if train else {}
+        return (_ResumableLoader if train else _EpochLoader)(
             self.stream(split, train),
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            **stateful,
             num_workers=w,
             persistent_workers=False,  # workers must pick up the new epoch's plan
             prefetch_factor=2 if w > 0 else None,
         )
+
+    def _batches_done(self) -> int:
+        """Batches the fit loop has trained on in the current epoch (what a checkpoint records)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.train_split, train=True)
