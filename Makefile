@@ -10,7 +10,7 @@ DATA ?= data/smartwatch
 $(BIN)/lightning-vlm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,hf]"  # hf: the Hugging Face backbone/encoder tests run too
 	$(BIN)/pip install -q -e plugins/lightning-vlm-flow
 	touch $@
 
