@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_vlm.encoders.cache import encode_main
 
         sys.exit(encode_main(argv[1:]))
+    if verb == "probe":
+        from lightning_vlm.eval.probe import probe_main
+
+        sys.exit(probe_main(argv[1:]))
     if verb == "plugins":
         from lightning_vlm.registry import plugins_main
 
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                 "usage: lightning-vlm {fit,validate,test,predict} --config FILE [...]\n"
                 "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
                 "       lightning-vlm encode --encoder NAME --checkpoint FILE --data DIR\n"
+                "       lightning-vlm probe --ckpt VLM.ckpt [--attribute weather] [--where adapter]\n"
                 "       lightning-vlm plugins"
             )
             return

@@ -121,6 +121,18 @@ def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
     assert lines[2]["question"] == "What is the weather?" and isinstance(lines[2]["answer"], str)
 
 
+def test_probe_command_reads_a_fitted_checkpoint(overlay, tmp_path):
+    config = str(ROOT / "configs/smartwatch/semantic_vq.yaml")
+    cli("fit", "--config", config, "--config", overlay("semantic", "vq"), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    out = cli("probe", "--ckpt", "runs/semantic_vq/last.ckpt", "--attribute", "weather_position", "--where", "encoder",
+              "--train-samples", "60", "--test-samples", "30", cwd=tmp_path)
+    (row,) = json.loads((tmp_path / "runs/semantic_vq/last.probe_encoder_flatten.json").read_text())
+    assert row["attribute"] == "weather_position" and row["test_samples"] == 30 and 0 <= row["test_accuracy"] <= 1
+    assert "weather_position" in out
+    missing = subprocess.run([sys.executable, "-m", "lightning_vlm", "probe", "--ckpt", "none.ckpt"], cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no VLM checkpoint at none.ckpt"
+
+
 def test_every_training_config_checkpoints_while_it_runs():
     """save_top_k: 0 writes last.ckpt only when fit ends: a killed run would leave nothing to resume."""
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
