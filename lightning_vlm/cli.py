@@ -12,7 +12,7 @@ import sys
 LIGHTNING_VERBS = {"fit", "validate", "test", "predict"}
 # How a trained model samples and is scored, not what it learned: at test/predict time these
 # come from the command line and config, never from the checkpoint's saved hyperparameters.
-INFERENCE_KNOBS = ("guidance_scale", "image_temperature", "max_new_tokens", "reader", "grid_images",
+INFERENCE_KNOBS = ("guidance_scale", "image_temperature", "text_temperature", "max_new_tokens", "reader", "grid_images",
                    "sampling_steps", "noise_temperature", "flow_steps", "use_token_cache")
 
 

@@ -124,6 +124,20 @@ def test_generation_shapes_and_text_answers(tiny_data, encoders, batch):
     assert len(outs) == len(vqa) and all(1 <= len(o) <= 4 for o in outs)
 
 
+def test_sampled_text_answers_are_seeded_and_greedy_at_temperature_zero(tiny_data, encoders, batch):
+    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq").eval()
+    vqa = [(i, m) for i, m in enumerate(batch["meta"]) if m["task"] == "vqa"]
+    prompts, images = [prompt_for(model, m) for _, m in vqa], batch["images"][[i for i, _ in vqa]]
+    seeded = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    greedy = generate_text(model, prompts, images, 8)
+    assert generate_text(model, prompts, images, 8, generator=seeded(1), temperature=0.0) == greedy
+    hot = generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
+    assert hot == generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
+    assert hot != generate_text(model, prompts, images, 8, generator=seeded(2), temperature=1.5) and hot != greedy
+    model.hparams.text_temperature = 1.5  # the config knob is the default
+    assert generate_text(model, prompts, images, 8, generator=seeded(1)) == hot
+
+
 def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):
     model = make(DiffusionVLM, tiny_data, encoders, "ae", "ae").eval()
     h = torch.randn(3, 64)

@@ -104,6 +104,7 @@ class UnifiedVLM(pl.LightningModule):
         max_new_tokens: limit on generated text per answer at test time.
         reader: checkpoint of the attribute reader used to score generated images (test).
         image_temperature: sampling temperature of image tokens at test time (0 = greedy).
+        text_temperature: sampling temperature of text answers and acknowledgements (0 = greedy).
         prompt_dropout: probability that a training generation sample's request is hidden (replaced
             by <unk> tokens) so the model learns the unconditional image too; needed for guidance.
         guidance_scale: classifier-free guidance at generation (1 = off; needs prompt_dropout > 0 in training).
@@ -135,6 +136,7 @@ class UnifiedVLM(pl.LightningModule):
         max_new_tokens: int = 40,
         reader: str | None = None,
         image_temperature: float = 0.0,
+        text_temperature: float = 0.0,
         grid_images: int = 8,
         prompt_dropout: float = 0.0,
         guidance_scale: float = 1.0,
@@ -403,7 +405,7 @@ class UnifiedVLM(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         hp = self.hparams
-        knobs = {k: hp[k] for k in ("guidance_scale", "image_temperature", "max_new_tokens", "sampling_steps", "noise_temperature") if k in hp}
+        knobs = {k: hp[k] for k in ("guidance_scale", "image_temperature", "text_temperature", "max_new_tokens", "sampling_steps", "noise_temperature") if k in hp}
         rank_zero_info("generation settings: " + ", ".join(f"{k}={v}" for k, v in knobs.items()))
         if hp.guidance_scale != 1 and not hp.prompt_dropout:
             rank_zero_warn(f"guidance_scale={hp.guidance_scale} on a model trained with prompt_dropout 0: its unconditional branch never saw a hidden request")

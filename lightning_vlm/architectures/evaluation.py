@@ -67,7 +67,7 @@ class VLMEvaluator(nn.Module):
                 truths.append(("caption", None, meta))
         if understanding:
             rows = [i for i, _ in understanding]
-            outs = generate_text(model, [p for _, p in understanding], batch["images"][rows], max_new_tokens)
+            outs = generate_text(model, [p for _, p in understanding], batch["images"][rows], max_new_tokens, generator=generator)
             for (kind, qtype, meta), ids in zip(truths, outs):
                 text = model.tokenizer.decode(ids)
                 if kind == "vqa":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tokenizer import ASSISTANT, BOI, EOT
+from ..models.heads import sample_logits
 
 
 def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:
@@ -50,14 +51,18 @@ def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int
 
 @torch.no_grad()
 def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None, max_new_tokens: int = 40,
-                  stop: tuple[str, ...] = (EOT,)) -> list[list[int]]:
-    """Greedy continuation of each prompt until a stop token (included) or `max_new_tokens`."""
+                  stop: tuple[str, ...] = (EOT,), generator: torch.Generator | None = None,
+                  temperature: float | None = None) -> list[list[int]]:
+    """Continuation of each prompt until a stop token (included) or `max_new_tokens`: greedy at
+    temperature 0, else sampled (default: the model's `text_temperature`)."""
+    if temperature is None:
+        temperature = float(model.hparams.get("text_temperature", 0.0))
     stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
     cache, last = _prefill(model, prompts, images, max_new_tokens)
     out = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
     for _ in range(max_new_tokens):
-        nxt = model.lm_head(last).argmax(-1)  # [B]
+        nxt = sample_logits(model.lm_head(last).float(), temperature, generator)  # [B]
         for i in (~done).nonzero().flatten().tolist():
             out[i].append(int(nxt[i]))
         done |= torch.isin(nxt, stop_ids)
@@ -71,7 +76,7 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
 def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, generator: torch.Generator | None = None):
     """Images [B, 3, H, W] in [0, 1] and the text the model wrote before each image."""
     boi, eot = model.tokenizer.id(BOI), model.tokenizer.id(EOT)
-    texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT))
+    texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT), generator=generator)
     texts = [[t for t in text if t not in (boi, eot)] for text in texts]
     full = [{"input_ids": p["input_ids"] + t + [boi]} for p, t in zip(prompts, texts)]
     feats, indices = image_tokens(model, full, generator)

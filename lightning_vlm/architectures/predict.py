@@ -26,7 +26,7 @@ def predict_requests(model, requests: list[dict], max_new_tokens: int, generator
     if ask:
         prompts = [prompt_for(model, {"task": "vqa", "conversations": [{"role": "user", "text": requests[i]["text"]}]}) for i in ask]
         images = torch.stack([requests[i]["image"] for i in ask]).to(model.device)
-        outs = generate_text(model, prompts, images, max_new_tokens)
+        outs = generate_text(model, prompts, images, max_new_tokens, generator=generator)
         for j, i in enumerate(ask):
             results[i] = {"kind": "answer", "question": requests[i]["text"], "image_path": requests[i]["path"],
                           "answer": model.tokenizer.decode(outs[j])}
