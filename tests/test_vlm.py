@@ -80,6 +80,37 @@ def test_freeze_keeps_parts_fixed(tiny_data, encoders, batch):
         make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["lm"])
 
 
+def test_regression_standardises_targets_so_the_mean_token_is_no_answer(tiny_data, encoders):
+    """Features with a large shared mean (like the semantic encoder's): the mean alone must not score well."""
+    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", regression_loss="mse").train()
+    d = model.output_encoder.dim
+    torch.manual_seed(0)
+    shared, detail = 5 * torch.randn(1, d), 0.3 * torch.randn(200, d) * torch.linspace(0.2, 2, d)
+    features = shared + detail
+    model._update_statistics(features)
+    z = model.standardize(features)
+    assert torch.allclose(z.mean(0), torch.zeros(d), atol=1e-4) and torch.allclose(z.std(0, unbiased=False), torch.ones(d), atol=1e-3)
+    assert torch.allclose(model._feed_back(z)[0], features, atol=1e-4)  # predictions go back to encoder space
+    mean_token = features.mean(0, keepdim=True).expand_as(features)
+    raw_cos = 1 - torch.nn.functional.cosine_similarity(mean_token, features).mean()
+    std_cos = 1 - torch.nn.functional.cosine_similarity(model.standardize(mean_token) + 1e-6, z).mean()
+    assert raw_cos < 0.01 and std_cos > 0.9  # blind on raw features, not on standardised ones
+    cosine = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic").train()
+    cosine._update_statistics(features)
+    fed = cosine._feed_back(3 * cosine.standardize(features))[0]  # norm is free under cosine: rescaled
+    assert (fed - features).abs().mean() < 0.25 * detail.abs().mean()  # only each token's own norm differs
+
+
+def test_regression_loads_checkpoints_from_before_standardisation(tiny_data, encoders):
+    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic")
+    state = {k: v for k, v in model.state_dict().items() if k not in ("target_mean", "target_var", "target_batches")}
+    checkpoint = {"state_dict": state}
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: nothing missing
+    features = torch.randn(4, model.output_encoder.dim)
+    assert torch.equal(model.standardize(features), features)  # identity statistics: the old behaviour
+
+
 def test_non_finite_loss_names_step_and_task(tiny_data, encoders, batch):
     model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
     with torch.no_grad():
