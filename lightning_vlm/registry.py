@@ -8,6 +8,7 @@ built-ins exactly as a plugin package would.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 from importlib.metadata import entry_points
 
@@ -31,6 +32,15 @@ def load(kind: str, name: str):
         known = ", ".join(sorted(entries)) or "none installed"
         raise ValueError(f"unknown {kind[:-1]} '{name}'; known {kind}: {known}")
     return entries[name].load()
+
+
+def import_class(path: str, what: str) -> type:
+    """The class at a dotted `path` recorded in a checkpoint; a missing one fails in one line."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exn:
+        raise ImportError(f"{what} class {path} named in the checkpoint cannot be imported ({exn}); install the package that provides it") from None
 
 
 def name_of(kind: str, cls: type) -> str | None:

@@ -187,6 +187,11 @@ def test_load_errors(tmp_path):
     path = tiny("ae").export(tmp_path / "ae.ckpt")
     with pytest.raises(TypeError, match="not a subclass of VQEncoder"):
         VQEncoder.load(path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["encoder_class"] = "uninstalled_plugin.SomeEncoder"
+    torch.save(ckpt, tmp_path / "plugin.ckpt")
+    with pytest.raises(ImportError, match="encoder class uninstalled_plugin.SomeEncoder .* install the package"):
+        load_encoder_checkpoint(tmp_path / "plugin.ckpt")
 
 
 def test_frozen_encoder_stays_in_eval_mode():

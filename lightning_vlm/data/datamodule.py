@@ -230,7 +230,8 @@ class _EpochLoader(DataLoader):
         self._epoch_fn = epoch_fn
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch_fn(), self._skip(self._epoch_fn()))
+        epoch = self._epoch_fn()
+        self.dataset.set_epoch(epoch, self._skip(epoch))
         return super().__iter__()
 
     def _skip(self, epoch: int) -> int:

@@ -14,11 +14,12 @@ what it is, frozen and in eval mode as a VLM uses it.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+
+from ..registry import import_class
 
 CHECKPOINT_CLASS_KEY = "encoder_class"
 
@@ -28,11 +29,7 @@ def _class_path(obj: type) -> str:
 
 
 def _import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exn:
-        raise ImportError(f"encoder class {path} named in the checkpoint cannot be imported ({exn}); install the package that provides it") from None
+    return import_class(path, "encoder")
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -18,7 +18,6 @@ averaged (`pool: mean`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..registry import import_class
 from .reader import HEADS
 from .render_data import RenderedWatches
 
@@ -43,9 +43,7 @@ def load_vlm(path: str | Path, map_location: str = "cpu"):
     class_path = hp.get("_class_path")
     if not class_path:
         raise ValueError(f"{path} does not name its model class (not written by `lightning-vlm fit`)")
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load_from_checkpoint(path, map_location=map_location).eval()
+    return import_class(class_path, "model").load_from_checkpoint(path, map_location=map_location).eval()
 
 
 @torch.no_grad()
