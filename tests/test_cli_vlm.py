@@ -168,3 +168,24 @@ def test_each_curriculum_stage_starts_from_the_one_before(stage1, overlay, tmp_p
         started_from = f"init_weights: started from the weights of runs/{cell}_stage{n - 1}/last.ckpt"
         assert (started_from in out) if n > 1 else ("init_weights" not in out)
         assert torch.load(tmp_path / f"runs/{cell}_stage{n}/last.ckpt", weights_only=False)["global_step"] == 2
+
+
+OVERLAYS = sorted((ROOT / "configs/smartwatch").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("overlay_config", OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_overlay_configs_compose_with_the_cell_their_header_names(overlay_config, monkeypatch, capsys):
+    """Each preset / curriculum / study overlay documents a `lightning-vlm fit` command; it must parse."""
+    from lightning_vlm.cli import lightning_main
+
+    header = [line for line in overlay_config.read_text().splitlines() if line.startswith("#")]
+    commands = [line.split("lightning-vlm", 1)[1].split() for line in header if "lightning-vlm fit" in line]
+    if overlay_config.parent.name == "presets":  # composes with any cell
+        commands = [["fit", "--config", "configs/smartwatch/vq_vq.yaml", "--config", str(overlay_config.relative_to(ROOT))]]
+    assert commands, f"{overlay_config} documents no `lightning-vlm fit` command"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["lightning-vlm"])
+    with pytest.raises(SystemExit) as done:  # --print_config prints, then exits 0
+        lightning_main([*commands[0], "--print_config"])
+    assert done.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"].startswith("lightning_vlm.")

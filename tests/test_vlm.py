@@ -80,6 +80,40 @@ def test_freeze_keeps_parts_fixed(tiny_data, encoders, batch):
         make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["lm"])
 
 
+@pytest.mark.parametrize("cls,inp,out", CELLS, ids=lambda x: getattr(x, "__name__", x))
+def test_standardized_features_learn_their_statistics_in_training_only(cls, inp, out, tiny_data, encoders, batch):
+    model = make(cls, tiny_data, encoders, inp, out, standardize_features=True, misalign_strength=0.2).train()
+    assert (model.output_standardizer is model.input_standardizer) == (inp == out)
+    losses = model.losses(batch)
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"]) and all(p.grad is not None for p in model.input_projector.parameters())
+    assert model.input_standardizer.batches > 0 and model.output_standardizer.batches > 0
+    feats, _ = model.encode_images(model.input_encoder, batch["images"][:2])
+    seen = model.input_standardizer.state_dict()
+    model.eval()
+    expected = model.input_projector(model.misalign(model.input_standardizer(feats)))
+    assert torch.allclose(model.embed_input_images(feats), expected)
+    assert all(torch.equal(v, seen[k]) for k, v in model.input_standardizer.state_dict().items())  # eval: frozen
+
+
+def test_running_standardizer_averages_exactly_then_moves_slowly():
+    from lightning_vlm.models import RunningStandardizer
+
+    torch.manual_seed(0)
+    std = RunningStandardizer(3)
+    a, b = torch.randn(50, 3) * 4 + 10, torch.randn(50, 3) * 4 + 12
+    std.update(a)
+    std.update(b)
+    assert torch.allclose(std.mean, (a.mean(0) + b.mean(0)) / 2)  # the first batches: an exact average
+    x = torch.randn(7, 3) * 4 + 11
+    assert torch.allclose(std.inverse(std(x)), x, atol=1e-5)
+    for _ in range(200):
+        std.update(torch.randn(50, 3) + 100)
+    before = std.mean.clone()
+    std.update(torch.full((50, 3), 1000.0))
+    assert torch.allclose(std.mean - before, 0.01 * (1000 - before), rtol=1e-4)  # later: momentum 0.01
+
+
 def test_regression_standardises_targets_so_the_mean_token_is_no_answer(tiny_data, encoders):
     """Features with a large shared mean (like the semantic encoder's): the mean alone must not score well."""
     model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", regression_loss="mse").train()
@@ -103,12 +137,12 @@ def test_regression_standardises_targets_so_the_mean_token_is_no_answer(tiny_dat
 
 def test_regression_loads_checkpoints_from_before_standardisation(tiny_data, encoders):
     model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic")
-    state = {k: v for k, v in model.state_dict().items() if k not in ("target_mean", "target_var", "target_batches")}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("target_stats.")}
     checkpoint = {"state_dict": state}
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])  # strict: nothing missing
     features = torch.randn(4, model.output_encoder.dim)
-    assert torch.equal(model.standardize(features), features)  # identity statistics: the old behaviour
+    assert torch.allclose(model.standardize(features), features)  # identity statistics: the old behaviour
 
 
 def test_non_finite_loss_names_step_and_task(tiny_data, encoders, batch):

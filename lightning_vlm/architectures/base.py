@@ -48,6 +48,7 @@ from ..encoders.base import ImageEncoder, load_encoder_checkpoint
 from ..models.backbone import Backbone, BackboneConfig
 from ..models.heads import lm_head
 from ..models.projectors import AffineMisalignment, MLPProjector
+from ..models.standardize import RunningStandardizer
 from .evaluation import VLMEvaluator
 
 FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "output_slots", "image_head")
@@ -109,6 +110,10 @@ class UnifiedVLM(pl.LightningModule):
             by <unk> tokens) so the model learns the unconditional image too; needed for guidance.
         guidance_scale: classifier-free guidance at generation (1 = off; needs prompt_dropout > 0 in training).
         output_slot_embedding: add a learned embedding of the slot index to every output image token.
+        standardize_features: standardise each encoder's features per dimension (running statistics of
+            the training features) before its projector and the misalignment map; for encoders whose
+            tokens share a large mean direction (the semantic encoder), whose variation a projector
+            otherwise hardly sees.
         use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the
             data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
         init_weights: a VLM checkpoint whose weights start this fit (a curriculum's next stage, with a
@@ -141,6 +146,7 @@ class UnifiedVLM(pl.LightningModule):
         prompt_dropout: float = 0.0,
         guidance_scale: float = 1.0,
         output_slot_embedding: bool = True,
+        standardize_features: bool = False,
         use_token_cache: bool = True,
         init_weights: str | None = None,
     ):
@@ -171,6 +177,8 @@ class UnifiedVLM(pl.LightningModule):
             AffineMisalignment(self.input_encoder.dim, misalign_strength, misalign_seed, misalign_rotation)
             if misalign_strength > 0 else nn.Identity()
         )
+        self.input_standardizer = RunningStandardizer(self.input_encoder.dim) if standardize_features else None
+        self.output_standardizer = (self.input_standardizer if self.shared_space else RunningStandardizer(self.output_encoder.dim)) if standardize_features else None
         self.input_projector = MLPProjector(self.input_encoder.dim, dim)
         self.output_projector = self.input_projector if self.shared_space else MLPProjector(self.output_encoder.dim, dim)
         self.output_slots = nn.Embedding(self.output_encoder.num_tokens, dim) if output_slot_embedding else None
@@ -233,10 +241,18 @@ class UnifiedVLM(pl.LightningModule):
             self._caches[side] = TokenCache.open(data_dir, name, self._encoder_paths[side]) if name else None
 
     def embed_input_images(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.input_standardizer is not None:
+            if self.training:
+                self.input_standardizer.update(feats)
+            feats = self.input_standardizer(feats)
         return self.input_projector(self.misalign(feats))
 
     def embed_output_tokens(self, feats: torch.Tensor, first_slot: int = 0) -> torch.Tensor:
         """Output-token features [B, n, F] (slots first_slot .. first_slot + n - 1) -> embeddings [B, n, D]."""
+        if self.output_standardizer is not None:
+            if self.training:
+                self.output_standardizer.update(feats)
+            feats = self.output_standardizer(feats)
         emb = self.output_projector(feats)
         if self.output_slots is not None:
             emb = emb + self.output_slots.weight[first_slot: first_slot + feats.shape[1]].to(emb.dtype)

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.heads import RegressionImageHead
+from ..models.standardize import RunningStandardizer
 from .base import UnifiedVLM
-
-STATS_MOMENTUM = 0.01  # after the first 100 batches (exact running average before)
 
 
 class RegressionVLM(UnifiedVLM):
@@ -38,37 +37,38 @@ class RegressionVLM(UnifiedVLM):
         self._regression = (regression_loss, head_layers)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
-        dim = self.output_encoder.dim
         self.register_buffer("target_norm", torch.tensor(1.0))
-        self.register_buffer("target_mean", torch.zeros(dim))
-        self.register_buffer("target_var", torch.ones(dim))
-        self.register_buffer("target_batches", torch.tensor(0))
+        self.target_stats = RunningStandardizer(self.output_encoder.dim) if standardize_targets else None
 
     def build_image_head(self, dim, encoder):
         loss, layers = self._regression
         return RegressionImageHead(dim, encoder.dim, loss=loss, layers=layers)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints from before standardisation load as unstandardised (identity statistics)."""
+        """Older checkpoints: statistics under their first names, or none (loaded as identity, i.e. unstandardised)."""
         state = checkpoint["state_dict"]
-        for name, value in (("target_mean", self.target_mean), ("target_var", self.target_var), ("target_batches", self.target_batches)):
-            state.setdefault(name, value.clone())
+        if self.target_stats is None:
+            return
+        identity = RunningStandardizer(self.output_encoder.dim).state_dict()
+        for name in identity:
+            if f"target_{name}" in state:  # this session's first name for them
+                state[f"target_stats.{name}"] = state.pop(f"target_{name}")
+            state.setdefault(f"target_stats.{name}", identity[name])
 
     def standardize(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() - self.target_mean) / self.target_var.clamp(min=1e-12).sqrt()
+        return features.float() if self.target_stats is None else self.target_stats(features)
 
     def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float() * self.target_var.clamp(min=1e-12).sqrt() + self.target_mean
+        return z.float() if self.target_stats is None else self.target_stats.inverse(z)
 
     @torch.no_grad()
     def _update_statistics(self, features: torch.Tensor) -> None:
-        weight = max(1.0 / (int(self.target_batches) + 1), STATS_MOMENTUM)
-        if self.hparams.standardize_targets:
-            f = features.float()
-            self.target_mean.lerp_(f.mean(0), weight)
-            self.target_var.lerp_(f.var(0, unbiased=False), weight)
+        if self.target_stats is not None:
+            self.target_stats.update(features)
+            weight = max(1.0 / int(self.target_stats.batches), self.target_stats.momentum)
+        else:
+            weight = 0.01
         self.target_norm.lerp_(self.standardize(features).norm(dim=-1).mean(), weight)
-        self.target_batches += 1
 
     def image_loss(self, h, features, indices):
         if self.training:

@@ -5,6 +5,7 @@
 - projectors: `MLPProjector` (encoder features -> backbone width), `AffineMisalignment` (the study's input-side map)
 - heads: `lm_head`, `DiscreteImageHead` (VQ indices), `RegressionImageHead` (continuous features)
 - diffusion: `DiffusionHead`, MAR-style per-token diffusion for continuous features
+- standardize: `RunningStandardizer`, per-dimension feature standardisation with running statistics
 """
 
 from .backbone import Backbone, BackboneConfig, KVCache, default_positions
@@ -12,6 +13,7 @@ from .diffusion import DiffusionHead
 from .heads import DiscreteImageHead, RegressionImageHead, lm_head
 from .hf_backbone import HFBackbone, HFCache
 from .projectors import AffineMisalignment, MLPProjector
+from .standardize import RunningStandardizer
 
 __all__ = [
     "AffineMisalignment",
@@ -24,6 +26,7 @@ __all__ = [
     "KVCache",
     "MLPProjector",
     "RegressionImageHead",
+    "RunningStandardizer",
     "default_positions",
     "lm_head",
 ]
