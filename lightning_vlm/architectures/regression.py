@@ -51,7 +51,7 @@ class RegressionVLM(UnifiedVLM):
             return
         identity = RunningStandardizer(self.output_encoder.dim).state_dict()
         for name in identity:
-            if f"target_{name}" in state:  # this session's first name for them
+            if f"target_{name}" in state:  # their names before RunningStandardizer held them
                 state[f"target_stats.{name}"] = state.pop(f"target_{name}")
             state.setdefault(f"target_stats.{name}", identity[name])
 
