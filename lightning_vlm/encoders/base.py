@@ -28,10 +28,6 @@ def _class_path(obj: type) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _import_class(path: str) -> type:
-    return import_class(path, "encoder")
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict at `path`, or one clear error when it is missing or not an encoder checkpoint."""
     path = Path(path)
@@ -119,7 +115,7 @@ class ImageEncoder(pl.LightningModule):
     def load(cls, path: str | Path) -> "ImageEncoder":
         """The encoder saved at `path` (an exported file or a Lightning checkpoint), frozen on the CPU."""
         ckpt = read_checkpoint(path)
-        target = _import_class(ckpt[CHECKPOINT_CLASS_KEY])
+        target = import_class(ckpt[CHECKPOINT_CLASS_KEY], "encoder")
         if not issubclass(target, cls):
             raise TypeError(f"{path} holds a {ckpt[CHECKPOINT_CLASS_KEY]}, which is not a subclass of {cls.__name__}")
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
