@@ -264,3 +264,22 @@ def test_hf_backbone_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now fails as if not installed
     with pytest.raises(ImportError, match=r"lightning-vlm\[hf\]"):
         hf_backbone._transformers()
+
+
+def test_diffusion_head_mean_loss_adds_the_pure_noise_timestep():
+    """mean_weight adds w x the v-loss at the last timestep, where the noisy input carries no signal."""
+    torch.manual_seed(0)
+    head = DiffusionHead(feat_dim=4, cond_dim=8, width=32, depth=1)
+    nn.init.normal_(head.out.weight, std=0.5)  # a non-trivial denoiser (the output layer starts at zero)
+    nn.init.normal_(head.final_ada[1].weight, std=0.5)
+    x0, z = torch.randn(16, 4), torch.randn(16, 8)
+    last = torch.full((16,), head.num_train_timesteps - 1)
+    torch.manual_seed(1)
+    plain = head.loss(x0, z, repeats=2)
+    noise = torch.randn_like(x0)  # the draw the extra term takes next
+    a, s = head.alpha[-1], head.sigma[-1]
+    extra = torch.nn.functional.mse_loss(head(a * x0 + s * noise, last, z), a * noise - s * x0)
+    torch.manual_seed(1)
+    assert head.loss(x0, z, repeats=2, mean_weight=3.0).item() == pytest.approx((plain + 3 * extra).item(), rel=1e-5)
+    # at that timestep the input is pure noise and the target is the clean token (v = a eps - s x0 ~ -x0)
+    assert a < 1e-2 and torch.allclose(a * noise - s * x0, -x0, atol=0.02)

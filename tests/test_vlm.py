@@ -352,3 +352,19 @@ def test_init_weights_starts_from_another_checkpoint(tiny_data, encoders, batch,
         other.setup("fit")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         make(DiscreteVLM, tiny_data, encoders, "vq", "vq", init_weights=str(tmp_path / "missing.ckpt")).setup("fit")
+
+
+def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tiny_data, encoders, batch):
+    model = make(DiffusionVLM, tiny_data, encoders, "ae", "ae", context_noise=0.5)
+    out = batch["image_out_mask"]
+    model.eval()
+    clean, targets = model.embed_batch(batch)
+    model.train()
+    noisy, noisy_targets = model.embed_batch(batch)
+    assert torch.equal(targets["features"], noisy_targets["features"])  # the targets stay clean
+    assert torch.equal(clean[~out], noisy[~out])  # text and input images untouched
+    assert not torch.allclose(clean[out], noisy[out])
+    plain = make(DiffusionVLM, tiny_data, encoders, "ae", "ae").train()
+    assert torch.equal(plain.embed_batch(batch)[0], clean)  # 0 = exact teacher forcing
+    with pytest.raises(ValueError, match="context_noise"):
+        make(DiffusionVLM, tiny_data, encoders, "ae", "ae", context_noise=-1)

@@ -114,6 +114,11 @@ class UnifiedVLM(pl.LightningModule):
             the training features) before its projector and the misalignment map; for encoders whose
             tokens share a large mean direction (the semantic encoder), whose variation a projector
             otherwise hardly sees.
+        context_noise: training only: add Gaussian noise to the teacher-forced output tokens the
+            backbone reads, with a std drawn per sequence from U(0, context_noise) x the batch's
+            feature std. The backbone can then no longer copy a corner icon from the clean token
+            before it and has to take it from the prompt, and it learns to read imperfect tokens,
+            like the ones it samples itself at generation. 0 = off (exact teacher forcing).
         use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the
             data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
         init_weights: a VLM checkpoint whose weights start this fit (a curriculum's next stage, with a
@@ -147,11 +152,14 @@ class UnifiedVLM(pl.LightningModule):
         guidance_scale: float = 1.0,
         output_slot_embedding: bool = True,
         standardize_features: bool = False,
+        context_noise: float = 0.0,
         use_token_cache: bool = True,
         init_weights: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if context_noise < 0:
+            raise ValueError(f"context_noise must be >= 0, got {context_noise}")
         if not 0 <= prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         bad = set(freeze or []) - set(FREEZABLE)
@@ -274,9 +282,16 @@ class UnifiedVLM(pl.LightningModule):
         if rows_out.any():
             feats, idx = self.encode_images(self.output_encoder, batch["images"][rows_out], pick(rows_out))
             self._check_slots(out_mask[rows_out], feats.shape[1], "output")
-            emb = emb.masked_scatter(out_mask[..., None], self.embed_output_tokens(feats).to(emb.dtype))
+            emb = emb.masked_scatter(out_mask[..., None], self.embed_output_tokens(self.add_context_noise(feats)).to(emb.dtype))
             targets = {"features": feats.reshape(-1, feats.shape[-1]), "indices": None if idx is None else idx.reshape(-1)}
         return emb, targets
+
+    def add_context_noise(self, feats: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced output features [B, N, F] with noise of a random per-image level (training only)."""
+        if not (self.training and self.hparams.context_noise > 0):
+            return feats
+        level = torch.rand(feats.shape[0], 1, 1, device=feats.device) * self.hparams.context_noise
+        return feats + level * feats.std().detach() * torch.randn_like(feats)
 
     @staticmethod
     def _check_slots(mask: torch.Tensor, n: int, side: str) -> None:

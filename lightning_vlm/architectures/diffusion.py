@@ -23,10 +23,12 @@ class DiffusionVLM(UnifiedVLM):
         diffusion_repeats: timesteps drawn per token per training step.
         sampling_steps: DDIM steps per generated token.
         noise_temperature: scale of the starting noise at generation (0 = deterministic).
+        mean_loss_weight: extra weight on the pure-noise timestep, where the head must predict the
+            token's mean from the backbone state alone (see `DiffusionHead.loss`); 0 = plain MAR loss.
     """
 
     def __init__(self, *args, head_width: int = 256, head_depth: int = 3, diffusion_repeats: int = 4,
-                 sampling_steps: int = 25, noise_temperature: float = 1.0, **kwargs):
+                 sampling_steps: int = 25, noise_temperature: float = 1.0, mean_loss_weight: float = 0.0, **kwargs):
         self._head_size = (head_width, head_depth)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
@@ -42,7 +44,8 @@ class DiffusionVLM(UnifiedVLM):
                 std = features.float().std()
                 self.latent_scale.copy_(std if self.latent_scale == 0 else torch.lerp(self.latent_scale, std, 0.01))
         scale = self.latent_scale.clamp(min=1e-6)
-        return self.image_head.loss(features / scale, h, repeats=self.hparams.diffusion_repeats)
+        return self.image_head.loss(features / scale, h, repeats=self.hparams.diffusion_repeats,
+                                    mean_weight=self.hparams.mean_loss_weight)
 
     def sample_image_token(self, h, generator):
         x = self.image_head.sample(h, steps=self.hparams.sampling_steps, temperature=self.hparams.noise_temperature, generator=generator)

@@ -96,15 +96,26 @@ class DiffusionHead(nn.Module):
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         return self.out(self.final_norm(x) * (1 + scale) + shift)
 
-    def loss(self, target: torch.Tensor, z: torch.Tensor, repeats: int = 4) -> torch.Tensor:
+    def loss(self, target: torch.Tensor, z: torch.Tensor, repeats: int = 4, mean_weight: float = 0.0) -> torch.Tensor:
         """Mean v-prediction MSE for target tokens [M, feat_dim] under conditions z [M, cond_dim].
 
         Each token is diffused at `repeats` independent timesteps (MAR's diffusion batch
         multiplier): the denoiser is cheap, so this buys more gradient signal per backbone pass.
+        `mean_weight` adds that weight x the loss at the last timestep, where x_t is pure noise and
+        the target is ~ -x0: the denoiser must give the token's mean under z alone. That is the
+        part of the loss only the condition can explain, so it is the cleanest signal that
+        teaches the backbone to carry the prompt; a uniform timestep draw gives it little weight.
         """
         x0 = target.float().repeat(repeats, 1)  # [k M, feat_dim]
-        z = z.repeat(repeats, 1)  # [k M, cond_dim]
+        zk = z.repeat(repeats, 1)  # [k M, cond_dim]
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        loss = self._v_loss(x0, t, zk)
+        if mean_weight > 0:
+            last = torch.full((target.shape[0],), self.num_train_timesteps - 1, device=target.device)
+            loss = loss + mean_weight * self._v_loss(target.float(), last, z)
+        return loss
+
+    def _v_loss(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         noise = torch.randn_like(x0)
         a, s = self.alpha[t, None], self.sigma[t, None]
         v_pred = self(a * x0 + s * noise, t, z).float()
