@@ -75,7 +75,7 @@ def test_plugin_architecture_runs_by_short_name(overlay, tmp_path):
     config = tmp_path / "flow.yaml"
     base = yaml.safe_load((ROOT / "configs/smartwatch/diffusion_ae.yaml").read_text())
     base["model"] = {"class_path": "FlowMatchingVLM", "init_args": {**base["model"]["init_args"], "flow_steps": 2}}
-    for key in ("head_width", "head_depth", "diffusion_repeats", "sampling_steps", "noise_temperature"):
+    for key in ("head_width", "head_depth", "diffusion_repeats", "sampling_steps", "noise_temperature", "mean_loss_weight"):
         base["model"]["init_args"].pop(key)
     config.write_text(yaml.safe_dump(base))
     cli("fit", "--config", str(config), "--config", overlay("ae", "ae"), "--trainer.fast_dev_run", "2", cwd=tmp_path)
