@@ -1,5 +1,6 @@
 """Every shipped VLM config runs fit + test through the CLI on tiny shapes; DDP; resume; plugins."""
 
+import inspect
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_vlm.architectures.base import UnifiedVLM
 from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
@@ -74,9 +76,10 @@ def test_plugin_architecture_runs_by_short_name(overlay, tmp_path):
     assert "flow" in out and "lightning-vlm-flow" in out
     config = tmp_path / "flow.yaml"
     base = yaml.safe_load((ROOT / "configs/smartwatch/diffusion_ae.yaml").read_text())
-    base["model"] = {"class_path": "FlowMatchingVLM", "init_args": {**base["model"]["init_args"], "flow_steps": 2}}
-    for key in ("head_width", "head_depth", "diffusion_repeats", "sampling_steps", "noise_temperature", "mean_loss_weight"):
-        base["model"]["init_args"].pop(key)
+    shared = inspect.signature(UnifiedVLM.__init__).parameters  # the diffusion head's own options are not the plugin's
+    args = {k: v for k, v in base["model"]["init_args"].items() if k in shared}
+    assert "head_width" in base["model"]["init_args"] and "head_width" not in args
+    base["model"] = {"class_path": "FlowMatchingVLM", "init_args": {**args, "flow_steps": 2}}
     config.write_text(yaml.safe_dump(base))
     cli("fit", "--config", str(config), "--config", overlay("ae", "ae"), "--trainer.fast_dev_run", "2", cwd=tmp_path)
 
