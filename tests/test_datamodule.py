@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 from lightning_vlm.data.collate import TASK_INDEX
 from lightning_vlm.data.datamodule import ShardStream, SmartWatchDataModule, resolve_task_samples
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest
+from lightning_vlm.eval.caption import score_caption
+from lightning_vlm.eval.scoring import QUESTION_TYPES
 
 
 def rank_batches(data_dir, rank, world, workers, train=True, batch_size=3, split="train", epoch=0, tasks=None):
@@ -75,6 +77,29 @@ def test_masks_follow_the_sequence_format(tiny_data):
         assert target == "".join(t["text"] for t in meta["conversations"] if t["role"] == "assistant")
         assert not (batch["loss_mask"][i] & ~batch["attention_mask"][i]).any()
 
+
+
+def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
+    """The plan's clauses read back (with the caption scorer) as the image's own attributes; other tasks are untouched."""
+    kwargs = dict(batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
+    plain = next(iter(SmartWatchDataModule(str(tiny_data), **kwargs).train_dataloader()))
+    planned = next(iter(SmartWatchDataModule(str(tiny_data), generation_plan=True, **kwargs).train_dataloader()))
+    assert plain["keys"] == planned["keys"]
+    tasks = [m["task"] for m in planned["meta"]]
+    assert "generation" in tasks and set(tasks) != {"generation"}
+    for i, (before, after) in enumerate(zip(plain["meta"], planned["meta"])):
+        if after["task"] != "generation":
+            unpadded = [b["input_ids"][i][b["attention_mask"][i]] for b in (plain, planned)]
+            assert after == before and torch.equal(*unpadded)
+            continue
+        assert after["conversations"][0] == before["conversations"][0]  # the request is unchanged
+        reply = after["conversations"][1]["text"]
+        assert reply.startswith(before["conversations"][1]["text"])  # the acknowledgement, then the plan
+        scores = score_caption(reply, after["attributes"], list(QUESTION_TYPES))
+        assert scores == {**{f"correct/{q}": 1.0 for q in QUESTION_TYPES}, "recall": 1.0}
+        target = planned["input_ids"][i][planned["loss_mask"][i]].tolist()
+        assert reply in SmartWatchDataModule(str(tiny_data), **kwargs).tokenizer.decode(target)  # trained on, before <boi>
+        assert int(planned["image_out_mask"][i].sum()) == 5
 
 def test_presets_and_weights():
     sizes = {"vqa": 100, "caption": 100, "generation": 50}

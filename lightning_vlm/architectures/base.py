@@ -318,8 +318,9 @@ class UnifiedVLM(pl.LightningModule):
         """Copies every weight from another checkpoint of the same architecture and sizes."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"init_weights: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        state = {k: v for k, v in state.items() if not k.startswith("val_losses.")}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        self.on_load_checkpoint(checkpoint)  # the same upgrades of older checkpoints as a resume
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("val_losses.")}
         mine = {k: v for k, v in self.state_dict().items() if not k.startswith("val_losses.")}
         missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
         wrong = [k for k in set(mine) & set(state) if mine[k].shape != state[k].shape]

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .collate import SequenceBuilder, collate
 from .epoch_plan import slot_quota, slot_segments
 from .shards import decode_sample, iter_raw_samples, load_manifest, task_shards
-from .smartwatch.tasks import TASKS
+from .smartwatch.tasks import TASKS, with_generation_plan
 from .tokenizer import PAD, TextTokenizer
 
 log = logging.getLogger("lightning_vlm.data")
@@ -87,6 +87,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 256,
         max_length: int | None = None,
         image_size: int | None = None,
+        generation_plan: bool = False,
     ):
         manifest = load_manifest(data_dir)
         self.shards = {t: task_shards(manifest, data_dir, split, t) for t in task_samples}
@@ -95,6 +96,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
         self.image_size = image_size if image_size is not None else manifest.get("image_size")
+        self.generation_plan = generation_plan
         self.epoch, self.skip_batches = 0, 0
         if len(self) == 0:
             raise ValueError(
@@ -164,6 +166,8 @@ class ShardStream(IterableDataset):
     def _prepare(self, raw: dict, on_error) -> dict | None:
         try:
             sample = decode_sample(raw, self.image_size)
+            if self.generation_plan:
+                sample["meta"] = with_generation_plan(sample["meta"])
             sample.update(self.builder.encode(sample["meta"]))
         except (ValueError, KeyError, TypeError) as exn:
             on_error(str(exn))
@@ -270,6 +274,8 @@ class SmartWatchDataModule(pl.LightningDataModule):
         eval_tasks: tasks evaluated in val/test (default: every task the split has).
         max_length: longer samples are skipped and counted.
         tokenizer: a tokenizer.json to use instead of the one beside the data.
+        generation_plan: generation replies state every attribute before the image (`plan_reply`), so
+            the model fixes in text what the request leaves open; for deterministic image heads.
     """
 
     def __init__(
@@ -290,6 +296,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
+        generation_plan: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -330,6 +337,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
             batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
             seed=self.hparams.seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
+            generation_plan=self.hparams.generation_plan,
         )
 
     def _loader(self, split: str, train: bool) -> DataLoader:

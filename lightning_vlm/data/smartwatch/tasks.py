@@ -79,3 +79,29 @@ def generation_conversation(attrs: WatchAttributes, rng: np.random.Generator, cl
         {"role": "assistant", "text": _pick(rng, ACKNOWLEDGEMENTS)},
     ]
     return {"task": "generation", "conversations": conversation, "mentioned": mentioned}
+
+
+PLAN_ORDER = ("weather", "weather_position", "battery_position", "battery", "time")
+
+
+def plan_reply(reply: str, attrs: WatchAttributes) -> str:
+    """A generation reply that states every attribute, in a fixed order, before the image.
+
+    With it the model commits in text (sampled, discrete) to what the request leaves open,
+    then draws a watch whose every attribute is fixed. A deterministic image head (regression)
+    otherwise draws the mean of all watches the request allows: an icon smeared over the
+    corners the request leaves open.
+    """
+    return " ".join([reply, *(CLAUSES[name][0].format(answer_text(name, attrs)) for name in PLAN_ORDER)])
+
+
+def with_generation_plan(meta: dict) -> dict:
+    """A generation sample's meta with its assistant reply replaced by `plan_reply`; other tasks unchanged."""
+    if meta.get("task") != "generation":
+        return meta
+    attrs = WatchAttributes.from_dict(meta["attributes"])
+    conversations = [
+        {**turn, "text": plan_reply(turn["text"], attrs)} if turn["role"] == "assistant" else turn
+        for turn in meta["conversations"]
+    ]
+    return {**meta, "conversations": conversations}
