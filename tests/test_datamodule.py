@@ -78,12 +78,12 @@ def test_masks_follow_the_sequence_format(tiny_data):
         assert not (batch["loss_mask"][i] & ~batch["attention_mask"][i]).any()
 
 
-
 def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
     """The plan's clauses read back (with the caption scorer) as the image's own attributes; other tasks are untouched."""
     kwargs = dict(batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
     plain = next(iter(SmartWatchDataModule(str(tiny_data), **kwargs).train_dataloader()))
-    planned = next(iter(SmartWatchDataModule(str(tiny_data), generation_plan=True, **kwargs).train_dataloader()))
+    planner = SmartWatchDataModule(str(tiny_data), generation_plan=True, **kwargs)
+    planned = next(iter(planner.train_dataloader()))
     assert plain["keys"] == planned["keys"]
     tasks = [m["task"] for m in planned["meta"]]
     assert "generation" in tasks and set(tasks) != {"generation"}
@@ -98,8 +98,9 @@ def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
         scores = score_caption(reply, after["attributes"], list(QUESTION_TYPES))
         assert scores == {**{f"correct/{q}": 1.0 for q in QUESTION_TYPES}, "recall": 1.0}
         target = planned["input_ids"][i][planned["loss_mask"][i]].tolist()
-        assert reply in SmartWatchDataModule(str(tiny_data), **kwargs).tokenizer.decode(target)  # trained on, before <boi>
+        assert reply in planner.tokenizer.decode(target)  # trained on, before <boi>
         assert int(planned["image_out_mask"][i].sum()) == 5
+
 
 def test_presets_and_weights():
     sizes = {"vqa": 100, "caption": 100, "generation": 50}

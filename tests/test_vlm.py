@@ -145,7 +145,6 @@ def test_regression_loads_checkpoints_from_before_standardisation(tiny_data, enc
     assert torch.allclose(model.standardize(features), features)  # identity statistics: the old behaviour
 
 
-
 def test_init_weights_upgrades_older_checkpoints_like_a_resume(tiny_data, encoders, tmp_path):
     """A checkpoint that keeps the target statistics under their first names still starts a new stage."""
     source = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic")
@@ -158,6 +157,7 @@ def test_init_weights_upgrades_older_checkpoints_like_a_resume(tiny_data, encode
     model.setup("fit")
     for name in ("mean", "var", "batches"):
         assert torch.equal(getattr(model.target_stats, name), state[f"target_{name}"])
+
 
 def test_non_finite_loss_names_step_and_task(tiny_data, encoders, batch):
     model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")

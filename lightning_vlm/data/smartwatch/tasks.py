@@ -87,7 +87,7 @@ PLAN_ORDER = ("weather", "weather_position", "battery_position", "battery", "tim
 def plan_reply(reply: str, attrs: WatchAttributes) -> str:
     """A generation reply that states every attribute, in a fixed order, before the image.
 
-    With it the model commits in text (sampled, discrete) to what the request leaves open,
+    With it the model commits in text (discrete: greedy or sampled) to what the request leaves open,
     then draws a watch whose every attribute is fixed. A deterministic image head (regression)
     otherwise draws the mean of all watches the request allows: an icon smeared over the
     corners the request leaves open.
