@@ -187,3 +187,18 @@ def test_resume_mid_epoch_sees_exactly_the_remaining_batches(tiny_data, tmp_path
         assert sorted(rest) == sorted(full[stop:])
         assert set(map(tuple, rest[2:])) == set(map(tuple, full[stop + 2:]))
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+def test_training_order_follows_the_global_seed(tiny_data, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test, whatever seed_everything sets
+
+    def order(global_seed, seed=None):
+        pl.seed_everything(global_seed, verbose=False)
+        dm = SmartWatchDataModule(str(tiny_data), batch_size=3, num_workers=0, image_tokens_in=4, image_tokens_out=5, seed=seed)
+        return [k for b in dm.train_dataloader() for k in b["keys"]]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    assert order(1, seed=5) == order(2, seed=5)  # an explicit seed wins over the run's
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert SmartWatchDataModule(str(tiny_data), num_workers=0).data_seed == 0  # no run seed at all

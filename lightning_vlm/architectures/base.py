@@ -401,11 +401,17 @@ class UnifiedVLM(pl.LightningModule):
             self.val_losses[name.replace("/", "__")].update(value.detach().float(), len(batch["keys"]))
 
     def on_validation_epoch_end(self) -> None:
-        """Synced in a fixed order on every rank (a rank may have seen no sample of some task)."""
+        """Synced in a fixed order on every rank (a rank may have seen no sample of some task).
+
+        torchmetrics already reduced each loss over all ranks (a sample-weighted mean), so every rank
+        logs the same value. Lightning warns under DDP about epoch values logged without `sync_dist`
+        (whatever `sync_dist=False` says); `sync_dist=True` with a max over ranks silences it and, over
+        equal values, returns them bit for bit (a mean could round them).
+        """
         for key, metric in self.val_losses.items():
             value = metric.compute() if metric.update_count or torch.distributed.is_initialized() else torch.tensor(float("nan"))
             if not torch.isnan(value):
-                self.log(f"val/loss/{key.replace('__', '/')}", value, prog_bar=key == "total")
+                self.log(f"val/loss/{key.replace('__', '/')}", value, prog_bar=key == "total", sync_dist=True, reduce_fx="max")
             metric.reset()
 
     # ---- evaluation -------------------------------------------------------------------------

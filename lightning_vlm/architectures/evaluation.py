@@ -1,13 +1,19 @@
 """Test-time metrics of a UnifiedVLM: VQA, captions and generated images, synced across ranks.
 
 Names are stable (DESIGN.md): test/vqa/{time,weather,battery,position,weather_position,
-battery_position,total}, test/caption/{recall,correct/<attr>}, test/gen/<attr> (the
+battery_position,total} (lenient: every turn of a conversation, case-insensitive, loose
+number formats), test/vqa_ref/{time,weather,battery,position,total} (the reference protocol
+of REFERENCE.md "Scoring", `eval.reference`: first question of each conversation only; report
+findings with these), test/caption/{recall,correct/<attr>}, test/gen/<attr> (the
 attribute reader on what each prompt asked for), test/gen/{fd_reader,kid_reader_mean,
 kid_reader_std}, test/gen/corner_filled (the requested corner holds an item, the right one
 or not: beside gen/*_position it tells a swapped pair from an ignored corner), and
 test/gen/prompt_gain: the relative drop of the teacher-forced image loss on the true image
 when the model sees the request rather than <unk> tokens in its place (0: generation
-ignores the prompt). Padding rows (DDP balance copies) are never scored.
+ignores the prompt). Per-value breakdowns (`eval.breakdown`) split the categorical scores by
+the true value: test/vqa/{weather,weather_position,battery_position}/<value> (lenient, every
+turn) and test/gen/.../<value> (only prompts that asked for the attribute), e.g.
+test/vqa/weather/cloudy. Padding rows (DDP balance copies) are never scored.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ..eval.breakdown import breakdown_name, breakdown_names
 from ..eval.caption import score_caption
+from ..eval.reference import REFERENCE_TYPES, reference_score
 from ..eval.scoring import corner_filled, mentioned_groups, score_answer, score_attributes
 from .generate import generate_images, generate_text, prompt_for
 
@@ -27,8 +35,10 @@ POSITION_TYPES = ("weather_position", "battery_position")
 GROUPS = ("time", "weather", "battery", "weather_position", "battery_position")
 # Every rank holds every metric, so syncing at compute time matches up across ranks.
 METRIC_NAMES = (
-    [f"vqa/{g}" for g in GROUPS] + ["vqa/position", "vqa/total", "caption/recall"]
-    + [f"caption/correct/{g}" for g in GROUPS] + [f"gen/{g}" for g in GROUPS] + ["gen/corner_filled", "gen/prompt_gain"]
+    [f"vqa/{g}" for g in GROUPS] + ["vqa/position", "vqa/total"] + breakdown_names("vqa")
+    + [f"vqa_ref/{t}" for t in REFERENCE_TYPES] + ["vqa_ref/total"]
+    + ["caption/recall"] + [f"caption/correct/{g}" for g in GROUPS]
+    + [f"gen/{g}" for g in GROUPS] + ["gen/corner_filled", "gen/prompt_gain"] + breakdown_names("gen")
 )
 
 
@@ -53,51 +63,79 @@ class VLMEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model, batch: dict, max_new_tokens: int, generator=None, keep_examples: int = 0) -> None:
+        """Generates the batch's answers and images with `model` and scores them."""
         self.device = model.device
         real = [i for i, pad in enumerate(batch["is_padding"].tolist()) if not pad]
-        understanding, truths = [], []
+        understanding, asked = [], []  # (row, prompt), (meta, turn)
         for i in real:
             meta = batch["meta"][i]
             if meta["task"] == "vqa":
-                for turn, qtype in enumerate(meta["question_types"]):
+                for turn in range(len(meta["question_types"])):
                     understanding.append((i, prompt_for(model, meta, turn)))
-                    truths.append(("vqa", qtype, meta))
+                    asked.append((meta, turn))
             elif meta["task"] == "caption":
                 understanding.append((i, prompt_for(model, meta)))
-                truths.append(("caption", None, meta))
+                asked.append((meta, 0))
         if understanding:
             rows = [i for i, _ in understanding]
             outs = generate_text(model, [p for _, p in understanding], batch["images"][rows], max_new_tokens, generator=generator)
-            for (kind, qtype, meta), ids in zip(truths, outs):
+            for (meta, turn), ids in zip(asked, outs):
                 text = model.tokenizer.decode(ids)
-                if kind == "vqa":
-                    score = score_answer(qtype, text, meta["attributes"])
-                    self._add(f"vqa/{qtype}", score)
-                    self._add("vqa/total", score)
-                    if qtype in POSITION_TYPES:
-                        self._add("vqa/position", score)
-                else:
-                    for name, value in score_caption(text, meta["attributes"], meta["mentioned"]).items():
-                        self._add(f"caption/{name}", value)
+                self.score_text(meta, text, turn)
                 if len(self.examples) < keep_examples:
-                    question = meta["conversations"][-2]["text"] if kind == "caption" else None
-                    self.examples.append({"task": kind, "type": qtype, "answer": text, "question": question, "image_id": meta["image_id"]})
+                    vqa = meta["task"] == "vqa"
+                    question = None if vqa else meta["conversations"][-2]["text"]
+                    qtype = meta["question_types"][turn] if vqa else None
+                    self.examples.append({"task": meta["task"], "type": qtype, "answer": text, "question": question, "image_id": meta["image_id"]})
         gen = [i for i in real if batch["meta"][i]["task"] == "generation"]
         if gen:
             self._add("gen/prompt_gain", prompt_gain(model, batch, gen), len(gen))
             images, _ = generate_images(model, [prompt_for(model, batch["meta"][i]) for i in gen], max_new_tokens, generator)
             truth = batch["images"][gen]
             if self.reader is not None:
-                metas = [batch["meta"][i] for i in gen]
                 preds = self.reader.predict_attributes(images.to(self.reader.device))
-                for pred, meta in zip(preds, metas):
-                    for group, score in score_attributes(pred, meta["attributes"], mentioned_groups(meta["mentioned"])).items():
-                        self._add(f"gen/{group}", score)
-                        if group in POSITION_TYPES:
-                            self._add("gen/corner_filled", corner_filled(pred, meta["attributes"], group))
+                for pred, i in zip(preds, gen):
+                    self.score_image_attributes(pred, batch["meta"][i])
                 self.distances.update(images.to(self.reader.device), real=False)
                 self.distances.update(truth.to(self.reader.device), real=True)
             self.last_images = (images.cpu(), truth.cpu(), [batch["meta"][i]["conversations"][0]["text"] for i in gen])
+
+    def score_text(self, meta: dict, text: str, turn: int = 0) -> None:
+        """Scores one generated answer: to the `turn`-th question of a VQA sample, or a caption.
+
+        VQA: lenient per type (vqa/<type>, vqa/position, vqa/total) and per true value
+        (vqa/<group>/<value>) on every turn; the reference protocol (vqa_ref/...) on turn 0 only,
+        its type read from the ground-truth answer string as the reference does.
+        """
+        if meta["task"] == "caption":
+            for name, value in score_caption(text, meta["attributes"], meta["mentioned"]).items():
+                self._add(f"caption/{name}", value)
+            return
+        if meta["task"] != "vqa":
+            raise ValueError(f"score_text scores vqa and caption answers, not '{meta['task']}'")
+        attrs, qtype = meta["attributes"], meta["question_types"][turn]
+        score = score_answer(qtype, text, attrs)
+        self._add(f"vqa/{qtype}", score)
+        self._add("vqa/total", score)
+        if qtype in POSITION_TYPES:
+            self._add("vqa/position", score)
+        if (name := breakdown_name("vqa", qtype, attrs)) is not None:
+            self._add(name, score)
+        if turn == 0:  # the reference scores only the question that comes with the image
+            ref_type, ref = reference_score(text, meta["conversations"][1]["text"])
+            self._add(f"vqa_ref/{ref_type}", ref)
+            self._add("vqa_ref/total", ref)
+
+    def score_image_attributes(self, pred: dict, meta: dict) -> None:
+        """Scores the attributes the reader saw in one generated image against what its prompt asked for
+        (gen/<group>, gen/corner_filled, gen/<group>/<value>); attributes the prompt left open are not scored."""
+        attrs = meta["attributes"]
+        for group, score in score_attributes(pred, attrs, mentioned_groups(meta["mentioned"])).items():
+            self._add(f"gen/{group}", score)
+            if (name := breakdown_name("gen", group, attrs)) is not None:
+                self._add(name, score)
+            if group in POSITION_TYPES:
+                self._add("gen/corner_filled", corner_filled(pred, attrs, group))
 
     def compute(self) -> dict[str, float]:
         """Every metric, synced across ranks in a fixed order; metrics nothing contributed to are left out."""

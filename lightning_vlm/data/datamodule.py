@@ -21,6 +21,7 @@ neighbouring batches) instead of replaying the epoch's start.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +35,7 @@ from .collate import SequenceBuilder, collate
 from .epoch_plan import slot_quota, slot_segments
 from .shards import decode_sample, iter_raw_samples, load_manifest, task_shards
 from .smartwatch.tasks import TASKS, with_generation_plan
-from .tokenizer import PAD, TextTokenizer
+from .tokenizer import TextTokenizer
 
 log = logging.getLogger("lightning_vlm.data")
 # Our __len__ is exact per rank (batches are planned per worker), so Lightning's caution does not apply.
@@ -276,6 +277,9 @@ class SmartWatchDataModule(pl.LightningDataModule):
         tokenizer: a tokenizer.json to use instead of the one beside the data.
         generation_plan: generation replies state every attribute before the image (`plan_reply`), so
             the model fixes in text what the request leaves open; for deterministic image heads.
+        seed: seeds the training order (which samples, in which order, each epoch). Default: the run's
+            seed, i.e. the `PL_GLOBAL_SEED` that `seed_everything` (the CLI's `seed_everything:`) sets,
+            read when the loaders are built; 0 when there is none. Every rank must use the same seed.
     """
 
     def __init__(
@@ -291,7 +295,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
         eval_tasks: list[str] | None = None,
         max_length: int | None = None,
         shuffle_buffer: int = 256,
-        seed: int = 0,
+        seed: int | None = None,
         tokenizer: str | None = None,
         train_split: str = "train",
         val_split: str = "val",
@@ -317,6 +321,13 @@ class SmartWatchDataModule(pl.LightningDataModule):
     def pool_sizes(self, split: str) -> dict[str, int]:
         return {t: e["samples"] for t, e in self.manifest["splits"].get(split, {}).items()}
 
+    @property
+    def data_seed(self) -> int:
+        """The `seed` given, else the run's global seed (`PL_GLOBAL_SEED`), else 0."""
+        if self.hparams.seed is not None:
+            return int(self.hparams.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
@@ -336,7 +347,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
             self.data_dir, split, task_samples, self.builder,
             batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
-            seed=self.hparams.seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
+            seed=self.data_seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
             generation_plan=self.hparams.generation_plan,
         )
 
