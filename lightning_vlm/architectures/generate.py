@@ -68,7 +68,7 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
         done |= torch.isin(nxt, stop_ids)
         if done.all():
             break
-        last = model.backbone(model.text_embeddings(nxt)[:, None], cache=cache)[:, 0]
+        last = model.backbone.decode(model.text_embeddings(nxt)[:, None], cache)[:, 0]
     return out
 
 
@@ -106,7 +106,7 @@ def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None 
         indices.append(idx)
         if step < n - 1:
             feed = torch.cat([f, f]) if guided else f
-            last = model.backbone(model.embed_output_tokens(feed[:, None], first_slot=step).to(last.dtype), cache=cache)[:, 0]
+            last = model.backbone.decode(model.embed_output_tokens(feed[:, None], first_slot=step).to(last.dtype), cache)[:, 0]
     return torch.stack(feats, 1), (torch.stack(indices, 1) if indices[0] is not None else None)
 
 

@@ -74,17 +74,23 @@ class KVCache:
     [B, max_len] records which slots hold real tokens, so a batch of right-padded
     prompts (or left-padded ones) can be prefilled in one call and then decoded one
     token per call: the pad slots stay in the cache but are masked out as keys, and
-    each sample's next position is `seen()`, its count of real tokens so far.
+    each sample's next rotary position is `seen()`, its count of real tokens so far.
+
+    The one-token step (`Backbone.decode`) reads every slot with `mask` as the key mask,
+    so its shapes never change from step to step: no allocation grows with the
+    sequence, and the step compiles once (`Backbone.compile_decode`).
 
     Build one with `Backbone.new_cache(batch, max_len)`.
     """
 
     def __init__(self, n_layers: int, batch: int, max_len: int, n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens cached per sample
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # == length, as a tensor for the compiled step
         self.length = 0  # slots filled so far
 
     @property
@@ -93,33 +99,40 @@ class KVCache:
 
     def seen(self) -> torch.Tensor:
         """[B] number of real tokens cached per sample (= the position of its next token)."""
-        return self.mask[:, : self.length].sum(1)
+        return self.positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, h_kv, T, hd] of `layer` at the current slots; return all filled slots [B, h_kv, length + T, hd]."""
         end = self.length + k.shape[2]
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, valid: torch.Tensor) -> None:
         """Record which of the T tokens just written are real ([B, T] bool) and move past them."""
         end = self.length + valid.shape[1]
         self.mask[:, self.length:end] = valid
+        self.positions += valid.sum(1)
         self.length = end
+        self.slot.fill_(end)
 
 
 def rope_tables(max_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_len, head_dim / 2] of the rotary embedding."""
+    """cos, sin [max_len, head_dim] of the rotary embedding (each half-width table repeated twice)."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, h, T, hd] by position; cos, sin are [B, 1, T, hd / 2] (half-split pairing, as in Llama)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+    """Rotate x [B, h, T, hd] by position; cos, sin are [B, 1, T, hd] in x's dtype (half-split pairing, as in Llama).
+
+    x * cos + rotate_half(x) * sin, computed in x's own dtype: no casts on the way.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # no-ops unless autocast gave x another dtype
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -137,10 +150,26 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, h_kv, S, hd]
-        if self.n_kv_heads != self.n_heads:
-            k, v = (z.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1) for z in (k, v))  # [B, h, S, hd]
+        return self._attend(q, k, v, mask, b, t)
+
+    def decode(self, x, cos, sin, mask, k_cache, v_cache, slot) -> torch.Tensor:
+        """One new token per sample (x [B, 1, D]) against the whole preallocated cache of this layer.
+
+        k_cache, v_cache [B, h_kv, max_len, hd] get the token's key and value at `slot` ([1] long);
+        mask [B, 1, 1, max_len] hides empty and padded slots. Shapes do not depend on the step.
+        """
+        b = x.shape[0]
+        qkv = self.qkv(x).view(b, 1, -1, self.head_dim).transpose(1, 2)  # [B, h + 2 h_kv, 1, hd]
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
+        return self._attend(q, k_cache.to(q.dtype), v_cache.to(q.dtype), mask, b, 1)
+
+    def _attend(self, q, k, v, mask, b: int, t: int) -> torch.Tensor:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)  # [B, h, T, hd]
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)  # [B, h, T, hd]
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -169,6 +198,10 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache, layer))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
+    def decode(self, x, cos, sin, mask, k_cache, v_cache, slot) -> torch.Tensor:
+        x = x + self.attn.decode(self.attn_norm(x), cos, sin, mask, k_cache, v_cache, slot)
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class Backbone(nn.Module):
     """Causal transformer over embeddings: [B, T, dim] -> final-normed hidden states [B, T, dim].
@@ -185,6 +218,7 @@ class Backbone(nn.Module):
         cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self._compiled_decode = None
         for name, p in self.named_parameters():
             if p.dim() == 2:  # every Linear weight; norm gains stay at 1
                 residual = name.endswith(("attn.proj.weight", "mlp.down.weight"))
@@ -201,7 +235,40 @@ class Backbone(nn.Module):
         if max_len > c.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the backbone's max_seq_len {c.max_seq_len}")
         weight = self.norm.weight
-        return KVCache(c.n_layers, batch, max_len, c.n_kv_heads, c.head_dim, dtype or weight.dtype, weight.device)
+        if dtype is None:  # the dtype keys and values are computed in: autocast's, else the weights'
+            kind = weight.device.type
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+        return KVCache(c.n_layers, batch, max_len, c.n_kv_heads, c.head_dim, dtype, weight.device)
+
+    def decode(self, inputs_embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Hidden states [B, 1, dim] of one new token per sample (inputs_embeds [B, 1, dim]), appended to `cache`.
+
+        The same result as `forward(inputs_embeds, cache=cache)` for a batch of real tokens, with
+        shapes fixed by the cache: it runs compiled after `compile_decode()`.
+        """
+        if cache.length + 1 > cache.max_len:
+            raise ValueError(f"{cache.length + 1} tokens exceed the KV cache's max_len of {cache.max_len}")
+        step = self._compiled_decode if self._compiled_decode is not None else self._decode
+        hidden = step(inputs_embeds, cache.k, cache.v, cache.mask, cache.positions, cache.slot)
+        cache.length += 1
+        return hidden
+
+    def compile_decode(self, **options) -> None:
+        """Compile the one-token step with torch.compile (inductor); it then recompiles only for a new
+        batch size or cache length."""
+        self._compiled_decode = torch.compile(self._decode, dynamic=False, **options)
+
+    def _decode(self, x, k, v, mask, positions, slot) -> torch.Tensor:
+        """decode's body on plain tensors (k, v [n_layers, B, h_kv, max_len, hd], mask [B, max_len],
+        positions [B], slot [1]); updates them in place."""
+        mask.index_fill_(1, slot, True)
+        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # [B, 1, 1, hd]
+        keys = mask[:, None, None, :]  # [B, 1, 1, max_len]
+        for i, block in enumerate(self.blocks):
+            x = block.decode(x, cos, sin, keys, k[i], v[i], slot)
+        positions.add_(1)
+        slot.add_(1)
+        return self.norm(x)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -225,7 +292,7 @@ class Backbone(nn.Module):
                 else torch.ones(b, t, dtype=torch.bool, device=inputs_embeds.device))
         if positions is None:
             positions = default_positions(real, cache.seen() if cache is not None else 0)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B, 1, T, hd / 2]
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B, 1, T, hd]
 
         mask = None  # None: plain causal attention (fast path)
         if cache is not None or attention_mask is not None:

@@ -101,3 +101,7 @@ class HFBackbone(nn.Module):
         if cache is not None:
             cache.past, cache.mask = getattr(out, self._cache_arg), mask
         return out.last_hidden_state
+
+    def decode(self, inputs_embeds: torch.Tensor, cache: HFCache) -> torch.Tensor:
+        """One new token per sample, as `Backbone.decode`."""
+        return self(inputs_embeds, cache=cache)

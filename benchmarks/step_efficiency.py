@@ -1,0 +1,158 @@
+"""How close a training step comes to this CPU's own matmul speed at the model's shapes.
+
+    python benchmarks/step_efficiency.py --config configs/smartwatch/quickstart.yaml [--config more.yaml] [--steps 8]
+
+Builds the model and data of a `lightning-vlm fit` config, takes real training batches,
+and for bf16 autocast (the shipped precision) and fp32 in one process prints:
+  - the FLOPs of one step (forward + backward, `torch.utils.flop_counter.FlopCounterMode`),
+  - the median warm step time with the batch already in memory, and with data loading,
+  - every matmul of the step (shape, dtype) timed alone, and so the rate this CPU reaches
+    on exactly those matmuls,
+  - step FLOP/s / own-shape matmul FLOP/s: the fraction of the possible that the step reaches,
+  - tokens/s and the padding fraction of the batches,
+  - the CPU model and whether it has AMX.
+Remaining cost beyond the matmuls is elementwise work, attention kernels, casts and Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+
+def cpu_model() -> tuple[str, bool]:
+    name, amx = "unknown CPU", False
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                amx = "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return name, amx
+
+
+class MatmulShapes(TorchDispatchMode):
+    """Records (op, operand shapes, dtype) of every matmul run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMULS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            self.seen[(func, tuple(tuple(t.shape) for t in tensors), tensors[-1].dtype)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def matmul_flops(func, shapes) -> int:
+    if func is torch.ops.aten.bmm.default:
+        (b, m, k), (_, _, n) = shapes
+        return 2 * b * m * k * n
+    (m, k), (_, n) = shapes[-2], shapes[-1]
+    return 2 * m * k * n
+
+
+def time_matmuls(seen: Counter, repeats: int = 5) -> tuple[float, int]:
+    """Seconds and FLOPs of all recorded matmuls, each shape timed alone (median of `repeats`)."""
+    total_s, total_flops = 0.0, 0
+    for (func, shapes, dtype), count in seen.items():
+        args = [torch.randn(s, dtype=dtype) for s in shapes]
+        func(*args)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            func(*args)
+            times.append(time.perf_counter() - t0)
+        total_s += statistics.median(times) * count
+        total_flops += matmul_flops(func, shapes) * count
+    return total_s, total_flops
+
+
+def build(configs: list[str]):
+    from lightning.pytorch.cli import LightningCLI
+    import lightning.pytorch as pl
+
+    from lightning_vlm.registry import import_all
+
+    import_all()
+    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false"]
+    cli = LightningCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       run=False, args=args, save_config_callback=None)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def run(model, loader_iter, optimizer, dtype, steps: int):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    batch = next(loader_iter)
+
+    def step(b):
+        with autocast:
+            loss = model.losses(b)["total"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(2):  # warm-up (and compilation, where on)
+        step(batch)
+    counter = FlopCounterMode(display=False)
+    shapes = MatmulShapes()
+    with counter, shapes:
+        step(batch)
+    flops = counter.get_total_flops()
+    compute, loaded, tokens, padding = [], [], [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        nxt = next(loader_iter)
+        t1 = time.perf_counter()
+        step(batch)
+        t2 = time.perf_counter()
+        compute.append(t2 - t1)
+        loaded.append(t2 - t0)
+        real = batch["attention_mask"].sum().item()
+        tokens.append(real)
+        padding.append(1 - real / batch["attention_mask"].numel())
+        batch = nxt
+    return flops, shapes.seen, statistics.median(compute), statistics.median(loaded), statistics.mean(tokens), statistics.mean(padding)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", required=True)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--dtypes", default="bf16,fp32")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, dm, _ = build(args.config)
+    dm.setup("fit")
+    model.train()
+    name, amx = cpu_model()
+    print(f"CPU: {name} | AMX: {'yes' if amx else 'no'} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95))
+    for label in args.dtypes.split(","):
+        dtype = torch.bfloat16 if label == "bf16" else torch.float32
+        loader = iter(dm.train_dataloader())
+        flops, seen, step_s, loaded_s, tokens, padding = run(model, loader, optimizer, dtype, args.steps)
+        mm_s, mm_flops = time_matmuls(seen)
+        step_rate, mm_rate = flops / step_s, mm_flops / mm_s
+        print(f"[{label}] step {flops / 1e9:.1f} GFLOP (matmuls {mm_flops / 1e9:.1f}) | step {step_s * 1e3:.0f} ms "
+              f"(with data loading {loaded_s * 1e3:.0f} ms) | {step_rate / 1e9:.0f} GFLOP/s | own-shape matmuls alone "
+              f"{mm_s * 1e3:.0f} ms, {mm_rate / 1e9:.0f} GFLOP/s | ratio {step_rate / mm_rate:.2f} | "
+              f"{tokens / step_s:.0f} tokens/s | padding {padding:.1%}")
+
+
+if __name__ == "__main__":
+    main()
