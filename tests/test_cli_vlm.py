@@ -105,6 +105,33 @@ def test_resume_continues_from_the_same_step(overlay, tmp_path):
     assert torch.load(last, weights_only=False)["global_step"] == 5
 
 
+def test_last_checkpoint_holds_the_final_step_between_two_saves(overlay, tmp_path):
+    """Saves every 2 steps, fit of 3: Lightning alone leaves step 2 in last.ckpt. The CLI adds
+    FinalStepCheckpoint to every fit, so this holds for every shipped config."""
+    layer = overlay("vq", "vq")
+    (tmp_path / "every2.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": "runs/every2", "save_last": True, "every_n_train_steps": 2, "enable_version_counter": False}}]}}))
+    out = cli("fit", "--config", str(ROOT / "configs/smartwatch/vq_vq.yaml"), "--config", layer, "--config", "every2.yaml",
+              "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    assert torch.load(tmp_path / "runs/every2/last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_progress_bar_of_a_step_bounded_fit():
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_vlm.callbacks import StepProgressBar
+
+    descriptions = {}
+    for bound in ({"max_steps": 3000}, {"max_epochs": 4}):
+        bar = StepProgressBar()
+        trainer = Trainer(**bound, callbacks=[bar], logger=False, enable_checkpointing=False)
+        bar.setup(trainer, BoringModel(), stage="fit")
+        descriptions[next(iter(bound))] = bar._get_train_description(5).strip()
+    assert descriptions == {"max_steps": "Epoch 5 · step 0/3000", "max_epochs": "Epoch 5/3"}
+
+
 def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
     config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
     layer = overlay("vq", "vq")
