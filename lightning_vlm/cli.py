@@ -35,6 +35,19 @@ def lightning_main(args: list[str] | None = None) -> None:
             init = self.config.get(f"{sub}.model.init_args") if sub else None
             self._inference = {k: init[k] for k in INFERENCE_KNOBS if init is not None and k in init}
 
+        def instantiate_trainer(self, **kwargs):
+            """Every fit saves its final step, and step-bounded fits get a progress bar that says so."""
+            from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
+
+            from lightning_vlm.callbacks import FinalStepCheckpoint, StepProgressBar
+
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(FinalStepCheckpoint())
+            for i, callback in enumerate(trainer.callbacks):
+                if type(callback) is RichProgressBar:  # Lightning's default bar, not one the config chose
+                    trainer.callbacks[i] = StepProgressBar()
+            return trainer
+
         def before_instantiate_classes(self):
             sub = self.config.get("subcommand")
             if sub and sub != "fit" and self._inference:
