@@ -64,8 +64,10 @@ def greedy_uncached(embed, backbone, head, prompt, steps):
 
 
 @torch.no_grad()
-def greedy_cached(embed, backbone, head, prompts, steps, side):
-    """Prefill the padded batch once, then decode one token per call from the cache."""
+def greedy_cached(embed, backbone, head, prompts, steps, side, decode=None):
+    """Prefill the padded batch once, then decode one token per call from the cache (with `decode`,
+    default the backbone's fixed-shape step, as generation uses)."""
+    decode = decode or backbone.decode
     ids, mask = pad(prompts, side)
     cache = backbone.new_cache(len(prompts), ids.shape[1] + steps)
     h = backbone(embed(ids), mask, cache)
@@ -75,16 +77,17 @@ def greedy_cached(embed, backbone, head, prompts, steps, side):
     for _ in range(steps):
         hidden.append(h)
         tokens.append(head(h).argmax(-1))
-        h = backbone(embed(tokens[-1][:, None]), cache=cache)[:, 0]
+        h = decode(embed(tokens[-1][:, None]), cache)[:, 0]
     return torch.stack(tokens, 1).tolist(), torch.stack(hidden, 1)  # [B, steps], [B, steps, dim]
 
 
-def check_cache_matches(embed, backbone, head, side):
-    tokens, hidden = greedy_cached(embed, backbone, head, PROMPTS, 6, side)
+def check_cache_matches(embed, backbone, head, side, steps=6, decode=None, hidden_too=True):
+    tokens, hidden = greedy_cached(embed, backbone, head, PROMPTS, steps, side, decode)
     for i, prompt in enumerate(PROMPTS):
-        ref_tokens, ref_hidden = greedy_uncached(embed, backbone, head, prompt, 6)
+        ref_tokens, ref_hidden = greedy_uncached(embed, backbone, head, prompt, steps)
         assert tokens[i] == ref_tokens
-        torch.testing.assert_close(hidden[i], ref_hidden, atol=1e-5, rtol=1e-4)
+        if hidden_too:
+            torch.testing.assert_close(hidden[i], ref_hidden, atol=1e-5, rtol=1e-4)
 
 
 # --- backbone ---------------------------------------------------------------------------------
@@ -114,6 +117,58 @@ def test_padding_mask_matches_unpadded(toy_lm, side):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_kv_cache_greedy_decoding_matches_full_recompute(toy_lm, side):
     check_cache_matches(*toy_lm, side)
+
+
+@pytest.fixture
+def diverse_lm():
+    """A toy LM whose greedy continuations vary from token to token: backbone weights x5 and an untied
+    head. (An untrained tied LM repeats its last token, so a cache bug that shifts positions or shows
+    padding as keys can leave its greedy tokens unchanged.)"""
+    torch.manual_seed(0)
+    backbone = Backbone(TOY).eval()
+    with torch.no_grad():
+        for p in backbone.parameters():
+            if p.dim() == 2:
+                p.mul_(5)
+    embed = nn.Embedding(50, TOY.dim)
+    return embed, backbone, lm_head(embed, tied=False)
+
+
+def test_cached_greedy_tokens_match_recompute_on_a_diverse_model(diverse_lm):
+    embed, backbone, head = diverse_lm
+    reference = [greedy_uncached(embed, backbone, head, p, 12)[0] for p in PROMPTS]
+    assert min(len(set(r)) for r in reference) >= 8  # the test can see a wrong token
+    check_cache_matches(*diverse_lm, "right", steps=12, hidden_too=False)
+    check_cache_matches(*diverse_lm, "right", steps=12, decode=lambda x, cache: backbone(x, cache=cache), hidden_too=False)
+
+
+@pytest.mark.parametrize("bug", ["positions reset every step", "padded slots visible as keys"])
+def test_cache_bugs_change_the_greedy_tokens(diverse_lm, bug):
+    """The two faults a cache can have: both must fail the token comparison above."""
+    embed, backbone, head = diverse_lm
+
+    def broken(x, cache):
+        if bug == "positions reset every step":
+            cache.positions.zero_()
+        else:
+            cache.mask.fill_(True)
+        return backbone.decode(x, cache)
+
+    with pytest.raises(AssertionError):
+        check_cache_matches(embed, backbone, head, "right", steps=12, decode=broken, hidden_too=False)
+
+
+def test_compiled_decode_step_matches_eager(diverse_lm):
+    """torch.compile of the one-token step gives the same greedy tokens (its compile takes ~10-60 s on CPU)."""
+    embed, backbone, head = diverse_lm
+    eager = greedy_cached(embed, backbone, head, PROMPTS, 8, "right")
+    backbone.compile_decode()
+    try:
+        compiled = greedy_cached(embed, backbone, head, PROMPTS, 8, "right")
+    finally:
+        backbone._compiled_decode = None
+    assert compiled[0] == eager[0]
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-4, rtol=1e-4)
 
 
 def test_kv_cache_overflow_is_a_clear_error(toy_lm):
