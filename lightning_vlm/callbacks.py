@@ -5,7 +5,7 @@ saved, and the progress bar names what bounds a run.
 from __future__ import annotations
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
 
 
@@ -22,7 +22,8 @@ class FinalStepCheckpoint(Callback):
             return
         for callback in trainer.checkpoint_callbacks:
             # private API of ModelCheckpoint: the step of its latest save and its save-last routine
-            if callback.save_last and callback._last_global_step_saved != trainer.global_step:
+            if (isinstance(callback, ModelCheckpoint) and callback.save_last
+                    and callback._last_global_step_saved != trainer.global_step):
                 callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
