@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_vlm.eval.probe import probe_main
 
         sys.exit(probe_main(argv[1:]))
+    if verb == "study":
+        from lightning_vlm.study.main import study_main
+
+        sys.exit(study_main(argv[1:]))
     if verb == "plugins":
         from lightning_vlm.registry import plugins_main
 
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
                 "       lightning-vlm encode --encoder NAME --checkpoint FILE --data DIR\n"
                 "       lightning-vlm probe --ckpt VLM.ckpt [--attribute weather] [--where adapter]\n"
+                "       lightning-vlm study {plan,run,report} SPEC|DIR [--out DIR] [--shard i/n]\n"
                 "       lightning-vlm plugins"
             )
             return
