@@ -123,6 +123,8 @@ class UnifiedVLM(pl.LightningModule):
             data when it matches the encoder checkpoint; images it lacks are encoded on the fly.
         init_weights: a VLM checkpoint whose weights start this fit (a curriculum's next stage, with a
             fresh optimiser and schedule); `fit --ckpt_path` still resumes a stopped run over it.
+        compile_backbone: train with the backbone compiled by torch.compile (inductor, dynamic sequence
+            length; the first steps pay the compile time, see benchmarks/RESULTS.md for what it buys).
     """
 
     output_is_discrete = False
@@ -155,6 +157,7 @@ class UnifiedVLM(pl.LightningModule):
         context_noise: float = 0.0,
         use_token_cache: bool = True,
         init_weights: str | None = None,
+        compile_backbone: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -337,7 +340,7 @@ class UnifiedVLM(pl.LightningModule):
             drop = is_gen & (torch.rand(is_gen.shape, device=is_gen.device) < self.hparams.prompt_dropout)
             batch = {**batch, "input_ids": self.hide_prompts(batch["input_ids"], drop)}  # targets are assistant tokens: unchanged
         emb, targets = self.embed_batch(batch)
-        hidden = self.backbone(emb)  # right-padded: the causal fast path is exact at real tokens
+        hidden = self.training_backbone(emb) if self.training else self.backbone(emb)  # right-padded: causal is exact at real tokens
         h_prev = hidden[:, :-1]  # position t predicts token t + 1
         loss_mask = batch["loss_mask"][:, 1:]
         logits = self.lm_head(h_prev[loss_mask])  # [T_loss, V]
@@ -356,6 +359,18 @@ class UnifiedVLM(pl.LightningModule):
         if self.training:
             out["total"] = out["total"] + self._touch_unused(batch)
         return out
+
+    def training_backbone(self, emb: torch.Tensor) -> torch.Tensor:
+        """The backbone of training steps: compiled once (dynamic length) with `compile_backbone`.
+
+        A compiled bound method, not a module attribute, so the state dict keeps its keys; evaluation
+        and generation (KV cache, Python-side state) stay eager.
+        """
+        if not self.hparams.get("compile_backbone"):
+            return self.backbone(emb)
+        if getattr(self, "_compiled_forward", None) is None:
+            self._compiled_forward = torch.compile(self.backbone.forward, dynamic=True)
+        return self._compiled_forward(emb)
 
     def _touch_unused(self, batch: dict) -> torch.Tensor:
         """Zero that still reaches every trainable parameter: DDP expects a gradient for each one on
@@ -523,7 +538,7 @@ class UnifiedVLM(pl.LightningModule):
             {"params": [p for _, p in trainable if id(p) in projector_params], "lr": hp.projector_lr or hp.lr},
         ]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), fused=True)  # one kernel per step
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(hp.warmup_ratio * total))
         schedule = torch.optim.lr_scheduler.SequentialLR(
