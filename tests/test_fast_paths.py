@@ -1,4 +1,4 @@
-"""Every fast path against the plain one: RoPE, the compiled training backbone, fused AdamW."""
+"""Every fast path against the plain one: RoPE, the compiled training backbone, multi-tensor AdamW."""
 
 import torch
 
@@ -44,14 +44,14 @@ def test_compiled_backbone_matches_eager_loss_and_gradients(dtype=torch.bfloat16
         torch.testing.assert_close(eager_grad, compiled_grad, **tol)
 
 
-def test_fused_adamw_takes_the_same_step_as_the_plain_loop():
+def test_foreach_adamw_takes_the_same_step_as_the_plain_loop():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 4)), torch.nn.Parameter(torch.randn(3))]
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), fused=True)
+    fast = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), foreach=True)
     plain = torch.optim.AdamW(copies, lr=1e-2, betas=(0.9, 0.95), foreach=False)
     for _ in range(3):
-        for group, opt in ((params, fused), (copies, plain)):
+        for group, opt in ((params, fast), (copies, plain)):
             loss = sum((p ** 2).sum() for p in group)
             opt.zero_grad()
             loss.backward()

@@ -42,8 +42,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ..data.collate import SequenceBuilder
+from ..data.hf_tokenizer import HFTokenizer, load_tokenizer
 from ..data.smartwatch.tasks import TASKS
-from ..data.tokenizer import TextTokenizer
 from ..encoders.base import ImageEncoder, load_encoder_checkpoint
 from ..models.backbone import Backbone, BackboneConfig
 from ..models.heads import lm_head
@@ -80,11 +80,15 @@ def encoder_checkpoint(spec: str) -> str:
 
 
 def build_backbone(spec: str, overrides: dict | None, vocab_size: int):
-    """A preset name ("tiny", "small", "base") or "hf:/local/path" for a Hugging Face causal LM."""
-    if spec.startswith("hf:"):
-        from ..models.hf_backbone import HFBackbone
+    """A preset name ("tiny", "small", "base") or "hf:/local/path" for a Hugging Face causal LM.
 
-        return HFBackbone(spec[3:])
+    `overrides` are BackboneConfig fields for a preset, HFBackbone options (dtype,
+    gradient_checkpointing, lora, ...) for an hf: backbone.
+    """
+    if spec.startswith("hf:"):
+        from ..models.hf_backbone import HFBackbone, hf_backbone_options
+
+        return HFBackbone(spec[3:], **hf_backbone_options(overrides))
     return Backbone(BackboneConfig.preset(spec, **(overrides or {})))
 
 
@@ -92,12 +96,15 @@ class UnifiedVLM(pl.LightningModule):
     """Base LightningModule of every architecture; see the module docstring.
 
     Args:
-        tokenizer_path: tokenizer.json of the data (the CLI links it from the DataModule).
+        tokenizer_path: tokenizer.json of the data, or "hf:/path/to/local/causal-lm" for that model's own
+            tokenizer with the project's tokens added (`data.hf_tokenizer`; the data's `tokenizer` must name
+            the same). With an hf: backbone this keeps the LM's pretrained embeddings and LM head.
         input_encoder: checkpoint of the frozen encoder that reads images.
         output_encoder: checkpoint of the frozen encoder whose tokens are generated
             (default: the input encoder, i.e. one shared space).
         backbone: "tiny" | "small" | "base" | "hf:/path/to/local/causal-lm".
-        backbone_overrides: BackboneConfig fields to change (e.g. {n_layers: 2}).
+        backbone_overrides: BackboneConfig fields to change (e.g. {n_layers: 2}); for an hf: backbone its
+            options instead (`models.hf_backbone.HFBackbone`: dtype, gradient_checkpointing, lora, ...).
         image_loss_weight: alpha in text CE + alpha x image loss.
         misalign_strength / misalign_seed / misalign_rotation: the study's affine map on the input side.
         freeze: parts kept fixed: any of backbone, text_embeddings, input_projector, output_projector, image_head.
@@ -125,6 +132,10 @@ class UnifiedVLM(pl.LightningModule):
             fresh optimiser and schedule); `fit --ckpt_path` still resumes a stopped run over it.
         compile_backbone: train with the backbone compiled by torch.compile (inductor, dynamic sequence
             length; the first steps pay the compile time, see benchmarks/RESULTS.md for what it buys).
+        save_frozen_backbone: also store the frozen weights of an hf: backbone (all of them under LoRA) in
+            checkpoints. Default: checkpoints hold the trainable weights only, and the frozen ones are read
+            back from the model folder when a checkpoint is loaded (`on_load_checkpoint`; loading is then
+            non-strict, `strict_loading` False, for FSDP's own loader). Frozen image encoders are always stored.
     """
 
     output_is_discrete = False
@@ -158,6 +169,7 @@ class UnifiedVLM(pl.LightningModule):
         use_token_cache: bool = True,
         init_weights: str | None = None,
         compile_backbone: bool = False,
+        save_frozen_backbone: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -168,7 +180,7 @@ class UnifiedVLM(pl.LightningModule):
         bad = set(freeze or []) - set(FREEZABLE)
         if bad:
             raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
-        self.tokenizer = TextTokenizer.from_file(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer_path)  # a tokenizer.json, or hf:/folder (the LM's own)
         in_path = encoder_checkpoint(input_encoder)
         out_path = encoder_checkpoint(output_encoder) if output_encoder is not None else in_path
         self.shared_space = Path(out_path).resolve() == Path(in_path).resolve()
@@ -181,9 +193,17 @@ class UnifiedVLM(pl.LightningModule):
 
         self.backbone = build_backbone(backbone, backbone_overrides, self.tokenizer.vocab_size)
         dim = self.backbone.dim
-        self.text_embeddings = nn.Embedding(self.tokenizer.vocab_size, dim)
-        nn.init.normal_(self.text_embeddings.weight, std=0.02)
-        self.lm_head = lm_head(self.text_embeddings, tied=True)
+        if isinstance(self.tokenizer, HFTokenizer) and hasattr(self.backbone, "text_layers"):
+            self.text_embeddings, self.lm_head = self.backbone.text_layers(self.tokenizer)  # pretrained + added-token rows
+        else:
+            if backbone.startswith("hf:"):
+                rank_zero_warn(f"backbone {backbone} with the data's own tokenizer: fresh text embeddings and LM head; set "
+                               f"model.tokenizer_path and data.tokenizer to {backbone} to use the LM's own")
+            self.text_embeddings = nn.Embedding(self.tokenizer.vocab_size, dim)
+            nn.init.normal_(self.text_embeddings.weight, std=0.02)
+            self.lm_head = lm_head(self.text_embeddings, tied=True)
+        if backbone.startswith("hf:") and not save_frozen_backbone:
+            self.strict_loading = False  # checkpoints leave the frozen pretrained weights out (on_save_checkpoint)
         self.misalign = (
             AffineMisalignment(self.input_encoder.dim, misalign_strength, misalign_seed, misalign_rotation)
             if misalign_strength > 0 else nn.Identity()
@@ -332,6 +352,43 @@ class UnifiedVLM(pl.LightningModule):
                              f"{extra[:3]}, other shapes {sorted(wrong)[:3]}): same architecture, encoders and backbone needed")
         self.load_state_dict(state, strict=False)
         rank_zero_info(f"init_weights: started from the weights of {path}")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _frozen_pretrained_keys(self) -> set[str]:
+        """State-dict keys of the hf: backbone's frozen weights (its embedding and head under their
+        `text_embeddings` / `lm_head` names too): what a checkpoint leaves out, see `save_frozen_backbone`."""
+        if not str(self.hparams.backbone).startswith("hf:") or self.hparams.get("save_frozen_backbone", False):
+            return set()
+        frozen = {id(p) for p in self.backbone.parameters() if not p.requires_grad}
+        strip = lambda name: name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")  # noqa: E731
+        return {strip(n) for n, p in self.named_parameters(remove_duplicate=False) if id(p) in frozen}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Names the architecture class (for `lightning-vlm export`), and leaves out the frozen weights of an
+        hf: backbone: under LoRA a checkpoint holds the adapters, projectors and heads, not the whole LM."""
+        checkpoint["vlm_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = checkpoint.get("state_dict")
+        keys = self._frozen_pretrained_keys()
+        if state is None or not keys or getattr(self.trainer.strategy if self._trainer else None, "_state_dict_type", "full") == "sharded":
+            return
+        dropped = sorted(k for k in state if k in keys)
+        for k in dropped:
+            del state[k]
+        checkpoint["frozen_backbone"] = {"backbone": self.hparams.backbone, "dropped": dropped}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Puts the frozen backbone weights a checkpoint left out back in, from this model (built from the
+        model folder), so every load sees all keys. Under FSDP the strategy has already loaded the state."""
+        state, info = checkpoint.get("state_dict"), checkpoint.get("frozen_backbone")
+        if state is None or not info:
+            return
+        own = self.state_dict()
+        lost = [k for k in info["dropped"] if k not in own]
+        if lost:
+            raise ValueError(f"checkpoint left out frozen weights of {info['backbone']} that this model lacks (e.g. {lost[0]}): "
+                             "build the model with the same backbone and backbone_overrides")
+        for k in info["dropped"]:
+            state.setdefault(k, own[k])
 
     # ---- training --------------------------------------------------------------------------
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -538,7 +595,7 @@ class UnifiedVLM(pl.LightningModule):
             {"params": [p for _, p in trainable if id(p) in projector_params], "lr": hp.projector_lr or hp.lr},
         ]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), fused=True)  # one kernel per step
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), foreach=True)  # multi-tensor ops (fused=True would forbid Lightning's gradient clipping)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(hp.warmup_ratio * total))
         schedule = torch.optim.lr_scheduler.SequentialLR(
