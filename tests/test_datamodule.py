@@ -202,3 +202,18 @@ def test_training_order_follows_the_global_seed(tiny_data, monkeypatch):
     assert order(1, seed=5) == order(2, seed=5)  # an explicit seed wins over the run's
     monkeypatch.delenv("PL_GLOBAL_SEED")
     assert SmartWatchDataModule(str(tiny_data), num_workers=0).data_seed == 0  # no run seed at all
+
+
+def test_length_buckets_keep_the_epoch_and_cut_padding(tiny_data):
+    """Same samples and batch count per epoch; batches of similar lengths, so less padding."""
+    def epoch(buckets):
+        dm = SmartWatchDataModule(str(tiny_data), batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16,
+                                  length_buckets=buckets, seed=0)
+        return list(dm.train_dataloader())
+
+    plain, bucketed = epoch(0), epoch(3)
+    keys = lambda batches: sorted(k for b in batches for k in b["keys"])  # noqa: E731
+    assert len(plain) == len(bucketed) and keys(plain) == keys(bucketed)
+    padding = lambda batches: sum((~b["attention_mask"]).sum().item() for b in batches)  # noqa: E731
+    assert padding(bucketed) < 0.7 * padding(plain)
+    assert keys(epoch(3)) == keys(bucketed) and [b["keys"] for b in epoch(3)] == [b["keys"] for b in bucketed]

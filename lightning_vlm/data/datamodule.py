@@ -35,7 +35,7 @@ from .collate import SequenceBuilder, collate
 from .epoch_plan import slot_quota, slot_segments
 from .shards import decode_sample, iter_raw_samples, load_manifest, task_shards
 from .smartwatch.tasks import TASKS, with_generation_plan
-from .tokenizer import TextTokenizer
+from .hf_tokenizer import load_tokenizer
 
 log = logging.getLogger("lightning_vlm.data")
 # Our __len__ is exact per rank (batches are planned per worker), so Lightning's caution does not apply.
@@ -89,6 +89,7 @@ class ShardStream(IterableDataset):
         max_length: int | None = None,
         image_size: int | None = None,
         generation_plan: bool = False,
+        length_buckets: int = 0,
     ):
         manifest = load_manifest(data_dir)
         self.shards = {t: task_shards(manifest, data_dir, split, t) for t in task_samples}
@@ -98,6 +99,7 @@ class ShardStream(IterableDataset):
         self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
         self.image_size = image_size if image_size is not None else manifest.get("image_size")
         self.generation_plan = generation_plan
+        self.length_buckets = length_buckets if train else 0
         self.epoch, self.skip_batches = 0, 0
         if len(self) == 0:
             raise ValueError(
@@ -199,21 +201,45 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         slot = self._slot()
         counter = {"skipped": 0}
-        batch: list[dict] = []
         emitted, limit = 0, self.batches_per_slot()
         skip = self._batches_to_skip()
         if skip >= limit:
             return
-        for sample in self._samples(slot, counter):
-            batch.append(sample)
-            if len(batch) == self.batch_size:
-                if emitted >= skip:
-                    yield self._collate(batch, counter)
-                batch, emitted = [], emitted + 1
-                if emitted == limit:
-                    return
-        if batch and not self.train:
-            yield self._collate(batch, counter)
+        for batch in self._batch_samples(self._samples(slot, counter), slot):
+            if emitted >= skip:
+                yield self._collate(batch, counter)
+            emitted += 1
+            if emitted == limit:
+                return
+
+    def _batch_samples(self, samples: Iterator[dict], slot: int) -> Iterator[list[dict]]:
+        """Lists of `batch_size` samples in stream order; the last, shorter one in evaluation only.
+
+        With `length_buckets` k > 0 (training), each k x batch_size samples in a row are sorted by
+        length and cut into k batches of similar lengths, given in a random order: less padding
+        per batch, the same samples per epoch.
+        """
+        group = self.batch_size * max(1, self.length_buckets)
+        rng = np.random.default_rng([self.seed, self.epoch, slot, 11])
+        pool: list[dict] = []
+        for sample in samples:
+            pool.append(sample)
+            if len(pool) == group:
+                yield from self._buckets(pool, rng)
+                pool = []
+        full = len(pool) - len(pool) % self.batch_size
+        yield from self._buckets(pool[:full], rng)
+        if not self.train and full < len(pool):
+            yield pool[full:]
+
+    def _buckets(self, pool: list[dict], rng: np.random.Generator) -> Iterator[list[dict]]:
+        if not self.length_buckets:
+            yield from (pool[i: i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+            return
+        pool = sorted(pool, key=lambda s: len(s["input_ids"]))
+        batches = [pool[i: i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        for i in rng.permutation(len(batches)):
+            yield batches[i]
 
     def _collate(self, batch: list[dict], counter: dict) -> dict:
         out = collate(batch, self.builder.pad)
@@ -274,7 +300,10 @@ class SmartWatchDataModule(pl.LightningDataModule):
         epoch_samples: samples per epoch over all ranks (default: one pass for presets).
         eval_tasks: tasks evaluated in val/test (default: every task the split has).
         max_length: longer samples are skipped and counted.
-        tokenizer: a tokenizer.json to use instead of the one beside the data.
+        length_buckets: k > 0 sorts each k x batch_size training samples by length and cuts them into k
+            batches given in random order (less padding; batches then hold fewer tasks each). 0 = off.
+        tokenizer: a tokenizer.json to use instead of the one beside the data, or "hf:/local/model-folder" for a
+            pretrained LM's own tokenizer with the project's tokens added (`data.hf_tokenizer`).
         generation_plan: generation replies state every attribute before the image (`plan_reply`), so
             the model fixes in text what the request leaves open; for deterministic image heads.
         seed: seeds the training order (which samples, in which order, each epoch). Default: the run's
@@ -295,6 +324,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
         eval_tasks: list[str] | None = None,
         max_length: int | None = None,
         shuffle_buffer: int = 256,
+        length_buckets: int = 0,
         seed: int | None = None,
         tokenizer: str | None = None,
         train_split: str = "train",
@@ -306,7 +336,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = str(data_dir)
         self.manifest = load_manifest(self.data_dir)
-        self.tokenizer = TextTokenizer.from_file(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])
+        self.tokenizer = load_tokenizer(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])  # tokenizer.json or hf:/folder
         self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out)
         self.train_task_samples = resolve_task_samples(task_weights, self.pool_sizes(train_split), epoch_samples)
         bad = set(eval_tasks or []) - set(TASKS)
@@ -348,6 +378,7 @@ class SmartWatchDataModule(pl.LightningDataModule):
             batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
             seed=self.data_seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
+            length_buckets=self.hparams.length_buckets,
             generation_plan=self.hparams.generation_plan,
         )
 
