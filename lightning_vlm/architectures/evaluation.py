@@ -28,6 +28,7 @@ from ..eval.breakdown import breakdown_name, breakdown_names
 from ..eval.caption import score_caption
 from ..eval.reference import REFERENCE_TYPES, reference_score
 from ..eval.scoring import corner_filled, mentioned_groups, score_answer, score_attributes
+from ..eval.open_answers import OPEN_METRICS, open_answer_scores, open_turns
 from .generate import generate_images, generate_text, prompt_for
 
 log = logging.getLogger("lightning_vlm")
@@ -39,6 +40,7 @@ METRIC_NAMES = (
     + [f"vqa_ref/{t}" for t in REFERENCE_TYPES] + ["vqa_ref/total"]
     + ["caption/recall"] + [f"caption/correct/{g}" for g in GROUPS]
     + [f"gen/{g}" for g in GROUPS] + ["gen/corner_filled", "gen/prompt_gain"] + breakdown_names("gen")
+    + list(OPEN_METRICS)
 )
 
 
@@ -70,7 +72,7 @@ class VLMEvaluator(nn.Module):
         for i in real:
             meta = batch["meta"][i]
             if meta["task"] == "vqa":
-                for turn in range(len(meta["question_types"])):
+                for turn in range(len(meta["question_types"])) or open_turns(meta):  # imported VQA: its first answer
                     understanding.append((i, prompt_for(model, meta, turn)))
                     asked.append((meta, turn))
             elif meta["task"] == "caption":
@@ -85,7 +87,7 @@ class VLMEvaluator(nn.Module):
                 if len(self.examples) < keep_examples:
                     vqa = meta["task"] == "vqa"
                     question = None if vqa else meta["conversations"][-2]["text"]
-                    qtype = meta["question_types"][turn] if vqa else None
+                    qtype = (meta["question_types"][turn] if meta["question_types"] else "open") if vqa else None
                     self.examples.append({"task": meta["task"], "type": qtype, "answer": text, "question": question, "image_id": meta["image_id"]})
         gen = [i for i in real if batch["meta"][i]["task"] == "generation"]
         if gen:
@@ -113,6 +115,10 @@ class VLMEvaluator(nn.Module):
             return
         if meta["task"] != "vqa":
             raise ValueError(f"score_text scores vqa and caption answers, not '{meta['task']}'")
+        if not meta["question_types"]:  # imported, open-ended: eval.open_answers
+            for name, value in open_answer_scores(meta, text).items():
+                self._add(name, value)
+            return
         attrs, qtype = meta["attributes"], meta["question_types"][turn]
         score = score_answer(qtype, text, attrs)
         self._add(f"vqa/{qtype}", score)

@@ -46,6 +46,7 @@ class RegressionVLM(UnifiedVLM):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Older checkpoints: statistics under their first names, or none (loaded as identity, i.e. unstandardised)."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         if self.target_stats is None:
             return

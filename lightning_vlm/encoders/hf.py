@@ -31,11 +31,18 @@ class HFEncoder(ImageEncoder):
     Args:
         path: local directory of a vision model (SiglipVisionModel, CLIPVisionModel) or of a full
             dual-encoder model (SiglipModel, CLIPModel), whose vision tower is used.
-        layer: None for the final output (`last_hidden_state`), or an index into the hidden states
-            (LLaVA reads -2, the penultimate layer).
+        layer: None for the final output (`last_hidden_state`, after the final layer norm), or an index
+            into the hidden states (0 = patch embeddings, -1 = last layer before the norm; LLaVA reads -2,
+            the penultimate layer).
 
     Images of any square size are resized to the tower's own `image_size`; a class token,
-    when the model has one, is dropped so every token is a patch.
+    when the model has one, is dropped so every token is a patch: (image_size / patch_size)**2
+    tokens of hidden_size, e.g. 196 x 768 for SigLIP-base-patch16-224.
+
+    As a VLM's `input_encoder` (and in `lightning-vlm encode --encoder hf --checkpoint ...`) the
+    model folder itself reads the final output. For another layer write a single-file checkpoint
+    that records it, `lightning-vlm export --hf-encoder DIR --layer -2 --out siglip_l2.ckpt`, and
+    name that file instead: its token cache is then keyed to the layer as well.
     """
 
     requires = ("transformers",)  # `lightning-vlm plugins` marks hf unavailable without it
@@ -50,6 +57,9 @@ class HFEncoder(ImageEncoder):
         self.vision = getattr(model, "vision_model", model)
         config = self.vision.config
         self._size, self._patch, self._dim = int(config.image_size), int(config.patch_size), int(config.hidden_size)
+        depth = int(config.num_hidden_layers)
+        if layer is not None and not -(depth + 1) <= layer <= depth:
+            raise ValueError(f"hf encoder: layer {layer} out of range for {depth} layers (hidden states {-(depth + 1)}..{depth})")
         mean, std = self._normalisation(folder)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
