@@ -18,12 +18,14 @@ install: $(BIN)/lightning-vlm
 
 # The main job on the built-in synthetic data: data -> attribute reader and stage-0 VQ
 # encoder (when missing; the encoder fit ends with the reader's check of its
-# reconstructions) -> fit the quickstart VLM -> test it (prints the metrics table).
+# reconstructions) -> its token cache (training then skips the encoder) -> fit the
+# quickstart VLM -> test it (prints the metrics table).
 quickstart: install
 	@if [ -f $(DATA)/manifest.json ]; then $(BIN)/lightning-vlm data summary $(DATA); \
 	else $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA); fi
 	@test -f runs/reader/best.ckpt || $(BIN)/lightning-vlm fit --config configs/eval/reader.yaml
 	@test -f runs/encoders/vq.ckpt || $(BIN)/lightning-vlm fit --config configs/encoders/vq.yaml
+	$(BIN)/lightning-vlm encode --encoder vq --checkpoint runs/encoders/vq.ckpt --data $(DATA)
 	$(BIN)/lightning-vlm fit --config configs/smartwatch/quickstart.yaml
 	$(BIN)/lightning-vlm test --config configs/smartwatch/quickstart.yaml --ckpt_path runs/quickstart/last.ckpt
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs"
@@ -33,6 +35,8 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/step_efficiency.py --config configs/smartwatch/quickstart.yaml
+	$(BIN)/python benchmarks/generation.py
 
 clean:
 	rm -rf $(VENV) *.egg-info lightning_logs

@@ -105,8 +105,10 @@ def run(model, loader_iter, optimizer, dtype, steps: int):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    t0 = time.perf_counter()
     for _ in range(2):  # warm-up (and compilation, where on)
         step(batch)
+    warmup = time.perf_counter() - t0
     counter = FlopCounterMode(display=False)
     shapes = MatmulShapes()
     with counter, shapes:
@@ -125,7 +127,17 @@ def run(model, loader_iter, optimizer, dtype, steps: int):
         tokens.append(real)
         padding.append(1 - real / batch["attention_mask"].numel())
         batch = nxt
-    return flops, shapes.seen, statistics.median(compute), statistics.median(loaded), statistics.mean(tokens), statistics.mean(padding)
+    return (flops, shapes.seen, statistics.median(compute), statistics.median(loaded), statistics.mean(tokens),
+            statistics.mean(padding), warmup)
+
+
+VARIANTS = {
+    # name: (upcast bf16 attention on CPUs without AMX, length_buckets, compile_backbone)
+    "plain": (False, 0, False),
+    "attention-fp32": (True, 0, False),
+    "buckets": (True, 8, False),
+    "compiled": (True, 8, True),
+}
 
 
 def main() -> None:
@@ -133,25 +145,39 @@ def main() -> None:
     ap.add_argument("--config", action="append", required=True)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument("--variants", default="config",
+                    help=f"comma-separated: config (as the config says) or any of {', '.join(VARIANTS)}, each measured in turn")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, dm, _ = build(args.config)
     dm.setup("fit")
+    if model.hparams.get("use_token_cache") and hasattr(model, "open_token_caches"):
+        model.open_token_caches(dm.data_dir)  # as the fit's setup does: cached encoder tokens when present
     model.train()
     name, amx = cpu_model()
     print(f"CPU: {name} | AMX: {'yes' if amx else 'no'} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     trainable = [p for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95))
-    for label in args.dtypes.split(","):
-        dtype = torch.bfloat16 if label == "bf16" else torch.float32
-        loader = iter(dm.train_dataloader())
-        flops, seen, step_s, loaded_s, tokens, padding = run(model, loader, optimizer, dtype, args.steps)
-        mm_s, mm_flops = time_matmuls(seen)
-        step_rate, mm_rate = flops / step_s, mm_flops / mm_s
-        print(f"[{label}] step {flops / 1e9:.1f} GFLOP (matmuls {mm_flops / 1e9:.1f}) | step {step_s * 1e3:.0f} ms "
-              f"(with data loading {loaded_s * 1e3:.0f} ms) | {step_rate / 1e9:.0f} GFLOP/s | own-shape matmuls alone "
-              f"{mm_s * 1e3:.0f} ms, {mm_rate / 1e9:.0f} GFLOP/s | ratio {step_rate / mm_rate:.2f} | "
-              f"{tokens / step_s:.0f} tokens/s | padding {padding:.1%}")
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), foreach=True)
+    from lightning_vlm.models import backbone as backbone_module
+
+    has_amx = backbone_module.cpu_has_amx
+    for variant in args.variants.split(","):
+        if variant != "config":
+            upcast, buckets, compiled = VARIANTS[variant]
+            backbone_module.cpu_has_amx = has_amx if upcast else (lambda: True)
+            dm.hparams.length_buckets = buckets
+            model.hparams.compile_backbone = compiled
+        for label in args.dtypes.split(","):
+            dtype = torch.bfloat16 if label == "bf16" else torch.float32
+            loader = iter(dm.train_dataloader())
+            flops, seen, step_s, loaded_s, tokens, padding, warmup = run(model, loader, optimizer, dtype, args.steps)
+            mm_s, mm_flops = time_matmuls(seen)
+            step_rate, mm_rate = flops / step_s, mm_flops / mm_s
+            print(f"{variant} [{label}] step {flops / 1e9:.1f} GFLOP | step {step_s * 1e3:.0f} ms "
+                  f"(with data loading {loaded_s * 1e3:.0f} ms) | {step_rate / 1e9:.0f} GFLOP/s | own-shape matmuls alone "
+                  f"{mm_s * 1e3:.0f} ms, {mm_rate / 1e9:.0f} GFLOP/s | ratio {step_rate / mm_rate:.2f} | "
+                  f"{tokens / step_s:.0f} tokens/s | padding {padding:.1%} | 2 warm-up steps {warmup:.1f} s", flush=True)
+    backbone_module.cpu_has_amx = has_amx
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ alone; a padded slot never serves as a key for a real token.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -135,6 +136,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units).
+
+    Without them, CPU attention kernels run slower in bf16 than in fp32 (benchmarks/attention.py:
+    the flash kernel forward + backward at the tiny preset's shapes is about 2x faster in fp32 on
+    an AMD EPYC with AVX-512 BF16), so bf16 attention inputs are upcast there.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 class Attention(nn.Module):
     def __init__(self, c: BackboneConfig):
         super().__init__()
@@ -167,10 +183,13 @@ class Attention(nn.Module):
         return self._attend(q, k_cache.to(q.dtype), v_cache.to(q.dtype), mask, b, 1)
 
     def _attend(self, q, k, v, mask, b: int, t: int) -> torch.Tensor:
+        dtype = q.dtype
+        if dtype == torch.bfloat16 and q.device.type == "cpu" and not cpu_has_amx():
+            q, k, v = q.float(), k.float(), v.float()  # see `cpu_has_amx`
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            dropout_p=self.dropout if self.training else 0.0,
                                            enable_gqa=self.n_kv_heads != self.n_heads)  # [B, h, T, hd]
-        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+        return self.proj(y.to(dtype).transpose(1, 2).reshape(b, t, -1))
 
 
 class SwiGLU(nn.Module):
