@@ -12,6 +12,7 @@ alone; a padded slot never serves as a key for a real token.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -180,15 +181,19 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
         v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
-        return self._attend(q, k_cache.to(q.dtype), v_cache.to(q.dtype), mask, b, 1)
+        return self._attend(q, k_cache, v_cache, mask, b, 1)
 
     def _attend(self, q, k, v, mask, b: int, t: int) -> torch.Tensor:
         dtype = q.dtype
-        if dtype == torch.bfloat16 and q.device.type == "cpu" and not cpu_has_amx():
-            q, k, v = q.float(), k.float(), v.float()  # see `cpu_has_amx`
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)  # [B, h, T, hd]
+        upcast = dtype == torch.bfloat16 and q.device.type == "cpu" and not cpu_has_amx()
+        if upcast:  # see `cpu_has_amx`; no-ops on a float32 cache
+            q, k, v = q.float(), k.float(), v.float()
+        else:
+            k, v = k.to(dtype), v.to(dtype)  # no-ops unless a cache was built in another dtype
+        with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():  # autocast would undo it
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               dropout_p=self.dropout if self.training else 0.0,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)  # [B, h, T, hd]
         return self.proj(y.to(dtype).transpose(1, 2).reshape(b, t, -1))
 
 
@@ -254,9 +259,11 @@ class Backbone(nn.Module):
         if max_len > c.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the backbone's max_seq_len {c.max_seq_len}")
         weight = self.norm.weight
-        if dtype is None:  # the dtype keys and values are computed in: autocast's, else the weights'
+        if dtype is None:  # the dtype attention reads keys and values in: autocast's, else the weights'
             kind = weight.device.type
             dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+            if dtype == torch.bfloat16 and kind == "cpu" and not cpu_has_amx():
+                dtype = torch.float32  # attention upcasts there (`Attention._attend`): store what it reads
         return KVCache(c.n_layers, batch, max_len, c.n_kv_heads, c.head_dim, dtype, weight.device)
 
     def decode(self, inputs_embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
