@@ -17,6 +17,14 @@ INFERENCE_KNOBS = ("guidance_scale", "image_temperature", "text_temperature", "m
 
 
 def lightning_main(args: list[str] | None = None) -> None:
+    from lightning_vlm.errors import debug_requested, preflight, report
+
+    debug, given = debug_requested(list(sys.argv[1:] if args is None else args))
+    if args is None:
+        sys.argv[1:] = given  # LightningCLI reads sys.argv itself; it must not see --debug
+    else:
+        args = given
+
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
@@ -54,21 +62,38 @@ def lightning_main(args: list[str] | None = None) -> None:
                 for key, value in self._inference.items():
                     self.config[f"{sub}.model.init_args.{key}"] = value
 
+    class FailFastCLI(VLMCLI):
+        """Checks the files a run opens late (test-time reader, --ckpt_path) before building anything."""
+
+        def before_instantiate_classes(self):
+            super().before_instantiate_classes()
+            preflight(self.config, self.config.get("subcommand"))
+
     import_all()  # plugin classes become nameable in YAML by their short class name
-    VLMCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    # Parser errors raise (argparse.ArgumentError) instead of printing the whole usage, so that
+    # errors.report can say in two lines which key is wrong; --debug shows the traceback instead.
+    raise_errors = {"exit_on_error": False}
+    try:
+        FailFastCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={**raise_errors, **{verb: raise_errors for verb in LIGHTNING_VERBS}},
+            args=args,
+        )
+    except Exception as exc:
+        code = None if debug else report(exc, "lightning-vlm " + (given[0] if given else ""), given)
+        if code is None:
+            raise
+        sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    verb = argv[0] if argv else "--help"
+    verb = argv[0] if argv else "--help"  # `lightning-vlm --debug fit ...` goes to lightning_main, which drops --debug
     if verb == "data":
         from lightning_vlm.data.cli import data_main
 
@@ -81,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_vlm.eval.probe import probe_main
 
         sys.exit(probe_main(argv[1:]))
+    if verb == "export":
+        from lightning_vlm.export import export_main
+
+        sys.exit(export_main(argv[1:]))
     if verb == "study":
         from lightning_vlm.study.main import study_main
 
@@ -96,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
                 "       lightning-vlm encode --encoder NAME --checkpoint FILE --data DIR\n"
                 "       lightning-vlm probe --ckpt VLM.ckpt [--attribute weather] [--where adapter]\n"
+                "       lightning-vlm export --ckpt VLM.ckpt --merge-lora --out DIR\n"
                 "       lightning-vlm study {plan,run,report} SPEC|DIR [--out DIR] [--shard i/n]\n"
                 "       lightning-vlm plugins"
             )

@@ -85,12 +85,28 @@ def test_plugin_architecture_runs_by_short_name(overlay, tmp_path):
 
 
 def test_two_process_ddp_fit_and_test(overlay, tmp_path):
+    """A 2-process DDP fit, then its checkpoint tested by 2 processes and by 1: the same scores.
+
+    Evaluation batches of one sample make every score a per-sample value, and decoding is greedy
+    (text and image temperature 0), so the DDP scores (each sample on one rank, padding copies
+    left out, synced across ranks) must equal the single-process ones over the same test split:
+    answers, teacher-forced prompt_gain, the reader's scores of generated images and FD-reader.
+    KID-reader draws random subsets, so it is left out. Ranks here run different numbers of
+    generation batches (5 samples over 2 ranks), as a real test split's last batches do.
+    """
     config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
     layer = overlay("vq", "vq", strategy="ddp", devices=2, precision="32-true")
     cli("fit", "--config", config, "--config", layer, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", cwd=tmp_path)
-    cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt", cwd=tmp_path)
-    metrics = json.loads((tmp_path / "runs/vq_vq/last.test_metrics.json").read_text())
-    assert metrics["test/vqa/total"] >= 0
+    assert torch.load(tmp_path / "runs/vq_vq/last.ckpt", weights_only=False)["global_step"] == 3
+    scores = {}
+    for devices, strategy in ((2, "ddp"), (1, "auto")):
+        cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt", "--trainer.devices", str(devices),
+            "--trainer.strategy", strategy, "--data.init_args.eval_batch_size", "1", cwd=tmp_path)
+        metrics = json.loads((tmp_path / "runs/vq_vq/last.test_metrics.json").read_text())
+        scores[devices] = {k: v for k, v in metrics.items() if not k.startswith("test/gen/kid_reader")}
+    assert {"test/vqa/total", "test/caption/recall", "test/gen/prompt_gain", "test/gen/time", "test/gen/fd_reader"} <= set(scores[1])
+    assert any(v != 0 for v in scores[1].values())  # not a comparison of zeros
+    assert scores[2] == pytest.approx(scores[1], rel=1e-4, abs=1e-6)
 
 
 def test_resume_continues_from_the_same_step(overlay, tmp_path):

@@ -64,8 +64,45 @@ def test_battery_bar_fill_grows_with_level():
     assert 0 < green(60) < green(100)
 
 
-def test_hands_survive_at_64px_and_scale_to_256():
+def hand_failures(img, attrs, size):
+    """Why the hands are not visible in `img`, as a list (empty when all three are drawn where the time says).
+
+    Along each hand (from beyond the centre cap to short of its tip and of the ticks) the pixels
+    must be hand-white, while the same radii in the opposite direction show the face colour: a
+    blank canvas, or a face without hands, has no such contrast.
+    """
+    from lightning_vlm.data.smartwatch.render import HANDS, hand_angles
+
+    c, r = size / 2, FACE_RADIUS * size
+    failures = []
+    for name, angle in hand_angles(attrs).items():
+        radii = np.linspace(0.2, min(HANDS[name][0], 0.75) - 0.05, 8) * r
+
+        def along(a):
+            xs = np.clip(np.round(c + radii * np.sin(a) - 0.5).astype(int), 0, size - 1)
+            ys = np.clip(np.round(c - radii * np.cos(a) - 0.5).astype(int), 0, size - 1)
+            return img[ys, xs]  # [8, 3]
+
+        hand, opposite = along(angle), along(angle + np.pi)
+        if hand.min(axis=-1).mean() < 150:
+            failures.append(f"{name} hand not white along {np.degrees(angle):.0f} deg: {hand.min(axis=-1).tolist()}")
+        if np.abs(opposite - np.array(FACE)).max() > 40:
+            failures.append(f"{name}: no face colour opposite the hand: {opposite.tolist()}")
+    return failures
+
+
+def test_hands_survive_at_64px_and_scale_to_256(monkeypatch):
+    from lightning_vlm.data.smartwatch import render
+
+    attrs = watch(hour=8, minute=0, second=20)  # hands at 240, 0 and 120 degrees: none opposite another
     for size in (64, 256):
-        img = pixels(watch(minute=15), size)
+        img = pixels(attrs, size)
         assert img.shape == (size, size, 3)
-        assert (img.min(axis=-1) > 230).sum() > 0
+        assert hand_failures(img, attrs, size) == [], size
+    # The check fails where no hands are drawn (a blank canvas, a face whose hands are face-coloured)
+    # and on hands that show another time.
+    assert len(hand_failures(pixels(attrs, 64), watch(hour=2, minute=30, second=50), 64)) == 6
+    assert hand_failures(np.full((64, 64, 3), 255, dtype=np.int16), attrs, 64)
+    monkeypatch.setattr(render, "HAND_COLOR", FACE)
+    faceless = hand_failures(pixels(attrs, 64), attrs, 64)
+    assert len(faceless) == 3 and all("not white" in f for f in faceless), faceless

@@ -49,6 +49,7 @@ from ..models.backbone import Backbone, BackboneConfig
 from ..models.heads import lm_head
 from ..models.projectors import AffineMisalignment, MLPProjector
 from ..models.standardize import RunningStandardizer
+from .batch import format_metrics, select_rows
 from .evaluation import VLMEvaluator
 
 FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "output_slots", "image_head")
@@ -605,23 +606,3 @@ class UnifiedVLM(pl.LightningModule):
             milestones=[warmup],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def select_rows(batch: dict, rows: torch.Tensor) -> dict:
-    """The batch restricted to `rows` ([B] bool), lists included."""
-    keep = rows.nonzero().flatten().tolist()
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows.shape[0]:
-            out[k] = v[rows]
-        elif isinstance(v, list) and len(v) == rows.shape[0]:
-            out[k] = [v[i] for i in keep]
-        else:
-            out[k] = v
-    return out
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column table of metric names and values."""
-    width = max(len(k) for k in metrics) if metrics else 10
-    return "\n".join(f"{k:<{width}}  {v:8.4f}" for k, v in sorted(metrics.items()))

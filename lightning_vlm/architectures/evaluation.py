@@ -162,7 +162,7 @@ class VLMEvaluator(nn.Module):
 def prompt_gain(model, batch: dict, rows: list[int]) -> float:
     """1 - (image loss with the request) / (image loss with it hidden), teacher-forced on the true images
     of `rows`; both passes draw the same random numbers (the diffusion head's noise and timesteps)."""
-    from .base import select_rows
+    from .batch import select_rows
 
     keep = torch.zeros(len(batch["meta"]), dtype=torch.bool, device=batch["input_ids"].device)
     keep[rows] = True

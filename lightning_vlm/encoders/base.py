@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..registry import import_class
+from ..registry import load as load_registered
 
 CHECKPOINT_CLASS_KEY = "encoder_class"
 
@@ -127,10 +128,10 @@ class ImageEncoder(pl.LightningModule):
 def load_encoder_checkpoint(path: str | Path) -> ImageEncoder:
     """Any encoder from its checkpoint file, whatever its class (see `ImageEncoder.load`).
 
-    A directory is read as a local Hugging Face model folder (see `hf.HFEncoder`).
+    A directory is read as a local Hugging Face model folder by the encoder registered as `hf`
+    (`hf.HFEncoder`), found through the registry: hf.py subclasses ImageEncoder, so naming it
+    here would make the two modules import each other.
     """
     if Path(path).is_dir():
-        from .hf import HFEncoder
-
-        return HFEncoder.load(path)
+        return load_registered("encoders", "hf").load(path)
     return ImageEncoder.load(path)

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 from ..data.smartwatch.world import CORNERS, WEATHERS
 from .scoring import battery_score, parse_battery, parse_time, time_score
 
-CAPTION_ATTRIBUTES = ("time", "weather", "battery", "weather_position", "battery_position")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 

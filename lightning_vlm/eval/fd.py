@@ -66,6 +66,11 @@ class ReaderDistances(nn.Module):
         self.kid.update(images, real=real)
 
     def compute(self) -> dict[str, float]:
+        # KID keeps its features as lists synced element by element: ranks that called update() a
+        # different number of times would run different collectives (gloo aborts). One element each.
+        for name in ("real_features", "fake_features"):
+            feats = getattr(self.kid, name)
+            setattr(self.kid, name, [torch.cat(feats) if feats else torch.zeros(0, self.kid.inception.num_features, device=self.kid.device)])
         counts = torch.stack([self.fd.real_features_num_samples, self.fd.fake_features_num_samples]).clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)  # every rank decides alike, or the metric sync would hang

@@ -16,7 +16,6 @@ from .templates import ACKNOWLEDGEMENTS, CAPTION_QUESTIONS, CLAUSES, GENERATION_
 from .world import WatchAttributes
 
 TASKS = ("vqa", "caption", "generation")
-UNDERSTANDING_TASKS = ("vqa", "caption")
 OPTIONAL_CLAUSES = ("weather", "battery", "weather_position", "battery_position")
 
 

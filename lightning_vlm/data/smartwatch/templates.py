@@ -116,7 +116,6 @@ CLAUSES = {
         "The charge indicator is placed in the {} corner.",
     ),
 }
-CLAUSE_TYPES = tuple(CLAUSES)
 
 GENERATION_REQUESTS = (
     "Draw a watch matching this description: {}",
