@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .llava_rows import SkipRow, caption_meta, conversation_meta, iter_json_rows
-from .shards import iter_raw_samples
+from .shards import iter_raw_samples, manifest_splits
 from .smartwatch.config import FORMAT_VERSION
 from .tokenizer import train_tokenizer
 
@@ -268,16 +268,7 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
 
 
 def _manifest(config: dict, shards: dict[str, dict], skipped: Counter, rows: Counter) -> dict:
-    splits: dict[str, dict] = {}
-    for name in sorted(shards):
-        r = shards[name]
-        entry = splits.setdefault(r["split"], {}).setdefault(r["task"], {"samples": 0, "shards": [], "histograms": {}})
-        entry["samples"] += r["samples"]
-        entry["shards"].append({"name": name, "samples": r["samples"]})
-        for key, counter in r["histograms"].items():
-            merged = Counter(entry["histograms"].get(key, {}))
-            merged.update(counter)
-            entry["histograms"][key] = dict(sorted(merged.items()))
+    splits = manifest_splits(shards)
     return {
         "format_version": FORMAT_VERSION,
         "generator": "llava",

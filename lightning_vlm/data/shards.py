@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -80,3 +81,19 @@ def decode_sample(raw: dict, image_size: int | None = None) -> dict:
         raise ValueError(f"sample {key}: image is {img.size[0]}x{img.size[1]}, expected {image_size}x{image_size}")
     image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [H,W,3] -> [3,H,W]
     return {"key": key, "image": image.float().div_(255), "meta": meta}
+
+
+def manifest_splits(results: dict[str, dict]) -> dict[str, dict]:
+    """manifest["splits"] from per-shard records {name: {split, task, samples, histograms}}, in name order:
+    per split and task, the sample count, the shard list and the merged attribute histograms."""
+    splits: dict[str, dict] = {}
+    for name in sorted(results):
+        r = results[name]
+        entry = splits.setdefault(r["split"], {}).setdefault(r["task"], {"samples": 0, "shards": [], "histograms": {}})
+        entry["samples"] += r["samples"]
+        entry["shards"].append({"name": name, "samples": r["samples"]})
+        for key, counter in r["histograms"].items():
+            merged = Counter(entry["histograms"].get(key, {}))
+            merged.update(counter)
+            entry["histograms"][key] = dict(sorted(merged.items()))
+    return splits

@@ -21,6 +21,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from ..shards import manifest_splits
 from ..tokenizer import TextTokenizer, train_tokenizer
 from .config import FORMAT_VERSION, GeneratorConfig, to_dict
 from .render import render_watch
@@ -122,7 +123,7 @@ def run_job(cfg: GeneratorConfig, out: Path, job: ShardJob) -> dict:
             "split": job.split,
             "task": task,
             "samples": len(items),
-            "histogram": _histogram([m for _, _, m in items]),
+            "histograms": _histogram([m for _, _, m in items]),
             "texts": [t["text"] for _, _, m in items for t in m["conversations"]] if job.split == "train" else [],
         }
     return results
@@ -207,18 +208,7 @@ def _write_tokenizer(cfg: GeneratorConfig, out: Path, texts: list[str]) -> None:
 
 
 def _manifest(cfg: GeneratorConfig, results: dict[str, dict]) -> dict:
-    splits: dict[str, dict] = {}
-    for name in sorted(results):
-        r = results[name]
-        entry = splits.setdefault(r["split"], {}).setdefault(
-            r["task"], {"samples": 0, "shards": [], "histograms": {}}
-        )
-        entry["samples"] += r["samples"]
-        entry["shards"].append({"name": name, "samples": r["samples"]})
-        for key, counter in r["histogram"].items():
-            merged = Counter(entry["histograms"].get(key, {}))
-            merged.update(counter)
-            entry["histograms"][key] = dict(sorted(merged.items()))
+    splits = manifest_splits(results)
     return {
         "format_version": FORMAT_VERSION,
         "generator": "smartwatch",
