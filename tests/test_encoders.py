@@ -11,7 +11,7 @@ from lightning_vlm.data.datamodule import SmartWatchDataModule
 from lightning_vlm.data.tokenizer import TextTokenizer
 from lightning_vlm.encoders import ImageEncoder, load_encoder_checkpoint
 from lightning_vlm.encoders.ae import AEEncoder
-from lightning_vlm.encoders.export import ExportEncoder
+from lightning_vlm.callbacks import ExportEncoder
 from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
 from tiny_encoders import export_tiny_reader

@@ -1,7 +1,7 @@
 """Does an image tokenizer keep the watch? The reader's scores on its reconstructions beside the originals.
 
 A tokenizer whose reconstructions lose the attributes makes every study built on it
-meaningless, so `ExportEncoder` prints this table after each encoder fit and
+meaningless, so `callbacks.ExportEncoder` prints this table after each encoder fit and
 benchmarks/encoder_quality.py prints it for several encoders at once.
 """
 
