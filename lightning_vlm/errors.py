@@ -28,6 +28,8 @@ DEBUG_ENV = "LIGHTNING_VLM_DEBUG"
 DEBUG_FLAG = "--debug"
 DEBUG_HINT = f"  (full traceback: add {DEBUG_FLAG} or set {DEBUG_ENV}=1)"
 TOP_LEVEL_KEYS = ("config", "seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path")
+# Classes that configs name and that have moved: the one line that tells what to change.
+MOVED = {"lightning_vlm.encoders.export.ExportEncoder": "lightning_vlm.callbacks.ExportEncoder"}
 # Lightning's own values of ckpt_path that are not files.
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
@@ -244,6 +246,8 @@ def _parser_error(chain: list[BaseException], prog: str, argv: list[str]) -> lis
         return [f"{prog}: --{key}: {_short(message, 1)}", "  check the path (relative paths start from the current folder)"]
     if keys and keys[-1] == "init_args" and class_path:  # the class itself could not be imported or built
         key = ".".join(keys[:-1]) + f" (class_path '{class_path}')"
+        if class_path in MOVED:
+            return [f"{prog}: {class_path} has moved: write class_path: {MOVED[class_path]} in the config"]
     return [f"{prog}: " + (f"bad value for {key}: " if key else "") + _short(message),
             f"  check the config; `{prog} --help` lists the options and their types"]
 

@@ -44,6 +44,9 @@ def failures(tmp_path_factory, tiny_data):
     typo = folder / "typo.yaml"
     typo.write_text(yaml.safe_dump({"data": {"init_args": {"bach_size": 3}}}))
     fine = tiny_overlay(folder, tiny_data, enc, reader)
+    moved = folder / "moved.yaml"
+    moved.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning_vlm.encoders.export.ExportEncoder", "init_args": {"path": "x.ckpt"}}]}}))
     cases = {
         "data_dir": (["fit", "--config", CELL, "--config", fine, "--data.init_args.data_dir", str(gone / "data")],
                      str(gone / "data"), ["lightning-vlm data smartwatch", "set by data.init_args.data_dir"]),
@@ -59,6 +62,8 @@ def failures(tmp_path_factory, tiny_data):
                     "model.init_args.lrr", ["did you mean 'model.init_args.lr'", "--model.help DiscreteVLM"]),
         "yaml_key": (["fit", "--config", CELL, "--config", fine, "--config", str(typo)],
                      "data.init_args.bach_size", [str(typo), "did you mean 'data.init_args.batch_size'"]),
+        "moved_class": (["fit", "--config", CELL, "--config", fine, "--config", str(moved)],
+                        "lightning_vlm.encoders.export.ExportEncoder", ["class_path: lightning_vlm.callbacks.ExportEncoder"]),
         # --debug (stripped before LightningCLI sees it) keeps the whole traceback of the same mistake.
         "debug": (["fit", "--debug", "--config", CELL, "--config", fine, "--model.init_args.lrr", "0.1"], "lrr", ["Traceback"]),
     }
@@ -74,7 +79,7 @@ def failures(tmp_path_factory, tiny_data):
     return results
 
 
-@pytest.mark.parametrize("case", ["data_dir", "tokenizer", "encoder", "reader", "cli_key", "yaml_key"])
+@pytest.mark.parametrize("case", ["data_dir", "tokenizer", "encoder", "reader", "cli_key", "yaml_key", "moved_class"])
 def test_user_errors_are_short_and_name_the_fix(failures, case):
     (args, names, fixes), code, out, err = failures[case]
     assert code != 0, (args, out[-2000:], err[-2000:])
