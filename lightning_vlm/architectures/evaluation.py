@@ -1,6 +1,6 @@
 """Test-time metrics of a UnifiedVLM: VQA, captions and generated images, synced across ranks.
 
-Names are stable (DESIGN.md): test/vqa/{time,weather,battery,position,weather_position,
+Names are stable (configs, reports and studies read them): test/vqa/{time,weather,battery,position,weather_position,
 battery_position,total} (lenient: every turn of a conversation, case-insensitive, loose
 number formats), test/vqa_ref/{time,weather,battery,position,total} (the reference protocol
 of REFERENCE.md "Scoring", `eval.reference`: first question of each conversation only; report

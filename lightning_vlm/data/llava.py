@@ -3,7 +3,7 @@
 Input: a JSON array or JSON Lines file of `{"id", "image" (optional), "conversations":
 [{"from": "human"|"gpt", "value"}]}` rows, read as a stream (see `llava_rows`), plus an
 optional captions file of `{"image", "caption"}` rows. Output: the same folder layout as
-`lightning-vlm data smartwatch` (DESIGN.md, "Shards"): `{split}/{task}-{index:06d}.tar`,
+`lightning-vlm data smartwatch`: `{split}/{task}-{index:06d}.tar`,
 `manifest.json` and a `tokenizer.json` trained on the imported train text.
 
 - Conversations become task "vqa" (understanding: the image sits in the first user turn),
