@@ -18,15 +18,10 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from lightning_vlm.data.smartwatch.render import render_watch
-from lightning_vlm.data.smartwatch.world import CORNERS, WEATHERS, WatchAttributes, sample_attributes
+from lightning_vlm.data.smartwatch.tasks import answer_text
+from lightning_vlm.data.smartwatch.world import CORNERS, WEATHERS, sample_attributes
 from lightning_vlm.eval.reference import reference_score
 from lightning_vlm.eval.scoring import GROUPS, score_attributes
-
-
-def truth_answer(attrs: WatchAttributes, qtype: str) -> str:
-    d = attrs.to_dict()
-    return {"time": attrs.time_text, "weather": d["weather"], "battery": attrs.battery_text,
-            "weather_position": d["weather_position"], "battery_position": d["battery_position"]}[qtype]
 
 
 def vqa_chance(rng: np.random.Generator, n: int) -> dict[str, tuple[float, float]]:
@@ -38,8 +33,8 @@ def vqa_chance(rng: np.random.Generator, n: int) -> dict[str, tuple[float, float
         rand, const = [], []
         for _ in range(n):
             truth, guess = sample_attributes(rng), sample_attributes(rng)
-            rand.append(reference_score(truth_answer(guess, qtype), truth_answer(truth, qtype))[1])
-            const.append(reference_score(constants[qtype], truth_answer(truth, qtype))[1])
+            rand.append(reference_score(answer_text(qtype, guess), answer_text(qtype, truth))[1])
+            const.append(reference_score(constants[qtype], answer_text(qtype, truth))[1])
         out[qtype] = (float(np.mean(rand)), float(np.mean(const)))
     return out
 

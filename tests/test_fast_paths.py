@@ -24,7 +24,7 @@ def test_rope_keeps_bf16_inputs_in_bf16():
     assert apply_rope(x, cos[:4], sin[:4]).dtype == torch.bfloat16
 
 
-def test_compiled_backbone_matches_eager_loss_and_gradients(dtype=torch.bfloat16):
+def test_compiled_backbone_matches_eager_loss_and_gradients():
     """The `compile_backbone` training path under bf16 autocast: same loss and gradients as eager within
     bf16 tolerance (one dtype only: each compile costs ~30 s here)."""
     torch.manual_seed(0)
@@ -34,11 +34,11 @@ def test_compiled_backbone_matches_eager_loss_and_gradients(dtype=torch.bfloat16
     for fn in (model.forward, compiled):
         model.zero_grad()
         x = torch.randn(3, 11, SMALL.dim, generator=torch.Generator().manual_seed(1))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = fn(x).float().pow(2).mean()
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    tol = {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(results[0][0], results[1][0], **tol)
     for eager_grad, compiled_grad in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(eager_grad, compiled_grad, **tol)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_vlm.eval.reference import reference_score, reference_scores, reference_type
+from lightning_vlm.eval.reference import reference_score, reference_type
 
 
 @pytest.mark.parametrize(
@@ -59,10 +59,3 @@ def test_weather_and_positions_are_case_sensitive_substrings():
     assert reference_score("the top-left corner", "top-left") == ("position", 1.0)
     assert reference_score("Top-left", "top-left") == ("position", 0.0)
     assert reference_score("top left", "top-left") == ("position", 0.0)
-
-
-def test_micro_averaged_total():
-    pairs = [("sunny", "sunny"), ("cloudy", "sunny"), ("50%", "100%"), ("top-left", "top-left")]
-    scores = reference_scores(pairs)
-    assert scores == pytest.approx({"weather": 0.5, "battery": 0.5, "position": 1.0, "total": 2.5 / 4})
-    assert reference_scores([]) == {}

@@ -19,8 +19,6 @@ seconds mod 60), so the numeric formulas are the shared ones of `scoring.py`.
 from __future__ import annotations
 
 import re
-from typing import Iterable
-
 from ..data.smartwatch.world import WEATHERS
 from .scoring import battery_score, time_score
 
@@ -66,17 +64,3 @@ def reference_score(answer: str, truth: str) -> tuple[str, float]:
             raise ValueError(f"battery ground truth {truth!r} holds no N%")
         return qtype, 0.0 if pred is None else battery_score(pred, true)
     return qtype, float(truth in answer)
-
-
-def reference_scores(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
-    """Mean score per type and the micro-averaged `total` over (answer, truth) pairs of first
-    questions; types with no question are left out."""
-    sums: dict[str, list[float]] = {}
-    for answer, truth in pairs:
-        qtype, score = reference_score(answer, truth)
-        sums.setdefault(qtype, []).append(score)
-    out = {t: sum(s) / len(s) for t, s in sums.items()}
-    if sums:
-        every = [x for s in sums.values() for x in s]
-        out["total"] = sum(every) / len(every)
-    return out

@@ -142,8 +142,8 @@ def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix units).
 
     Without them, CPU attention kernels run slower in bf16 than in fp32 (benchmarks/attention.py:
-    the flash kernel forward + backward at the tiny preset's shapes is about 2x faster in fp32 on
-    an AMD EPYC with AVX-512 BF16), so bf16 attention inputs are upcast there.
+    the flash kernel, forward + backward at the tiny preset's shapes, is 1.1-2.3x faster in fp32
+    on an AMD EPYC with AVX-512 BF16), so bf16 attention inputs are upcast there.
     """
     try:
         with open("/proc/cpuinfo") as f:
@@ -162,9 +162,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
         b, t, _ = x.shape
-        qkv = self.qkv(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, h + 2 h_kv, T, hd]
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._rotated_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, h_kv, S, hd]
         return self._attend(q, k, v, mask, b, t)
@@ -175,13 +173,17 @@ class Attention(nn.Module):
         k_cache, v_cache [B, h_kv, max_len, hd] get the token's key and value at `slot` ([1] long);
         mask [B, 1, 1, max_len] hides empty and padded slots. Shapes do not depend on the step.
         """
-        b = x.shape[0]
-        qkv = self.qkv(x).view(b, 1, -1, self.head_dim).transpose(1, 2)  # [B, h + 2 h_kv, 1, hd]
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._rotated_qkv(x, cos, sin)
         k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
         v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
-        return self._attend(q, k_cache, v_cache, mask, b, 1)
+        return self._attend(q, k_cache, v_cache, mask, x.shape[0], 1)
+
+    def _rotated_qkv(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, h, T, hd], k and v [B, h_kv, T, hd] of x [B, T, D], q and k rotated by position."""
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, h + 2 h_kv, T, hd]
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _attend(self, q, k, v, mask, b: int, t: int) -> torch.Tensor:
         dtype = q.dtype
