@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lightning_vlm.architectures.discrete import DiscreteVLM  # noqa: E402
-from lightning_vlm.architectures.generate import _pad, image_tokens, prompt_for  # noqa: E402
+from lightning_vlm.models.generation import _pad, image_tokens, prompt_for  # noqa: E402
+from lightning_vlm.models.vlm import VLM  # noqa: E402
+from lightning_vlm.training import UnifiedVLM  # noqa: E402
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest, task_shards  # noqa: E402
 from lightning_vlm.data.smartwatch.config import load_config  # noqa: E402
 from lightning_vlm.data.smartwatch.writer import write_dataset  # noqa: E402
@@ -33,7 +34,7 @@ from lightning_vlm.encoders.vq import VQEncoder  # noqa: E402
 from step_efficiency import cpu_model  # noqa: E402
 
 
-def build_model(folder: Path, image_tokens: int, backbone: str) -> tuple[DiscreteVLM, list[dict]]:
+def build_model(folder: Path, image_tokens: int, backbone: str) -> tuple[VLM, list[dict]]:
     side = int(image_tokens ** 0.5)
     write_dataset(load_config(overrides={"splits.train.images": 8, "splits.val.images": 2, "splits.test.images": 64,
                                          "samples_per_shard": 64, "image_size": 32, "supersample": 1}),
@@ -42,8 +43,8 @@ def build_model(folder: Path, image_tokens: int, backbone: str) -> tuple[Discret
     enc = VQEncoder(image_size=8 * side, channels=(8, 8, 8), encoder_blocks=1, decoder_blocks=1, attention=False,
                     codebook_size=1024, codebook_dim=8, kmeans_init=False)
     ckpt = enc.export(folder / "vq.ckpt")
-    model = DiscreteVLM(tokenizer_path=str(folder / "data" / "tokenizer.json"), input_encoder=str(ckpt), backbone=backbone,
-                        reader=None, use_token_cache=False).eval()
+    model = UnifiedVLM(tokenizer_path=str(folder / "data" / "tokenizer.json"), input_encoder=str(ckpt), backbone=backbone,
+                       use_token_cache=False).model.eval()
     with torch.no_grad():  # an untrained head gives near-uniform logits: sharpen it so greedy tokens differ
         model.image_head.proj.weight.mul_(30)
     data = folder / "data"

@@ -98,7 +98,7 @@ def run(model, loader_iter, optimizer, dtype, steps: int):
 
     def step(b):
         with autocast:
-            loss = model.losses(b)["total"]
+            loss = model.model(b)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -166,7 +166,9 @@ def main() -> None:
             upcast, buckets, compiled = VARIANTS[variant]
             backbone_module.cpu_has_amx = has_amx if upcast else (lambda: True)
             dm.hparams.length_buckets = buckets
-            model.hparams.compile_backbone = compiled
+            model.model._train_backbone = None  # eager, unless this variant compiles
+            if compiled:
+                model.model.compile_backbone()
         for label in args.dtypes.split(","):
             dtype = torch.bfloat16 if label == "bf16" else torch.float32
             loader = iter(dm.train_dataloader())

@@ -29,7 +29,14 @@ DEBUG_FLAG = "--debug"
 DEBUG_HINT = f"  (full traceback: add {DEBUG_FLAG} or set {DEBUG_ENV}=1)"
 TOP_LEVEL_KEYS = ("config", "seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path")
 # Classes that configs name and that have moved: the one line that tells what to change.
-MOVED = {"lightning_vlm.encoders.export.ExportEncoder": "lightning_vlm.callbacks.ExportEncoder"}
+FORMER_ARCHITECTURE = "has become lightning_vlm.training.UnifiedVLM with head: {head}: write class_path: UnifiedVLM, head: {head} and the head's options under head_options (docs/configs.md); convert its checkpoints with `lightning-vlm upgrade CKPT`"
+MOVED = {
+    "lightning_vlm.encoders.export.ExportEncoder": "lightning_vlm.callbacks.ExportEncoder",
+    "lightning_vlm.architectures.discrete.DiscreteVLM": FORMER_ARCHITECTURE.format(head="discrete"),
+    "lightning_vlm.architectures.regression.RegressionVLM": FORMER_ARCHITECTURE.format(head="regression"),
+    "lightning_vlm.architectures.diffusion.DiffusionVLM": FORMER_ARCHITECTURE.format(head="diffusion"),
+}
+MOVED.update({path.rpartition(".")[2]: hint for path, hint in list(MOVED.items()) if ".architectures." in path})  # short class names
 # Lightning's own values of ckpt_path that are not files.
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
@@ -56,10 +63,10 @@ def preflight(config, subcommand: str | None) -> None:
     if ckpt and str(ckpt) not in CKPT_KEYWORDS and "://" not in str(ckpt) and not str(ckpt).startswith("registry:") \
             and not Path(ckpt).is_file():
         raise UserError(f"checkpoint not found: {ckpt} (--ckpt_path); give the .ckpt a fit wrote, e.g. <run dir>/last.ckpt")
-    reader = sub.get("model.init_args.reader") if sub is not None and sub.get("model.init_args") is not None else None
+    reader = sub.get("data.init_args.reader") if sub is not None and sub.get("data.init_args") is not None else None
     if subcommand == "test" and isinstance(reader, str) and reader and not Path(reader).is_file():
-        raise UserError(f"attribute reader checkpoint not found: {reader} (model.init_args.reader); train it with "
-                        "`lightning-vlm fit --config configs/eval/reader.yaml`, or set model.init_args.reader: null "
+        raise UserError(f"attribute reader checkpoint not found: {reader} (data.init_args.reader); train it with "
+                        "`lightning-vlm fit --config configs/eval/reader.yaml`, or set data.init_args.reader: null "
                         "to test without reader scores")
 
 
@@ -247,7 +254,7 @@ def _parser_error(chain: list[BaseException], prog: str, argv: list[str]) -> lis
     if keys and keys[-1] == "init_args" and class_path:  # the class itself could not be imported or built
         key = ".".join(keys[:-1]) + f" (class_path '{class_path}')"
         if class_path in MOVED:
-            return [f"{prog}: {class_path} has moved: write class_path: {MOVED[class_path]} in the config"]
+            return [f"{prog}: {class_path} " + (MOVED[class_path] if " " in MOVED[class_path] else f"has moved: write class_path: {MOVED[class_path]} in the config")]
     return [f"{prog}: " + (f"bad value for {key}: " if key else "") + _short(message),
             f"  check the config; `{prog} --help` lists the options and their types"]
 

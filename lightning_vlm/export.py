@@ -29,30 +29,17 @@ from pathlib import Path
 import torch
 
 from .data.tokenizer import EOT, PAD
+from .training.checkpoints import load_vlm
 
-LM_PARTS = ("backbone.", "text_embeddings.", "lm_head.", "input_encoder.", "output_encoder.", "val_losses.")
-
-
-def load_vlm(path: str | Path, map_location: str = "cpu"):
-    """A UnifiedVLM of whatever class the checkpoint names (LightningCLI's `_class_path`, or `vlm_class`)."""
-    from .registry import import_class
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no VLM checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get("vlm_class")
-    if not class_path:
-        raise ValueError(f"{path} does not name its model class (not a VLM checkpoint written by lightning-vlm)")
-    return import_class(class_path, "model").load_from_checkpoint(path, map_location=map_location).eval()
+LM_PARTS = tuple(f"model.{part}." for part in ("backbone", "text_embeddings", "lm_head", "input_encoder", "output_encoder")) + ("val_losses.",)
 
 
-def _fast_tokenizer(model):
+def _fast_tokenizer(model, tokenizer_path: str):
     """The transformers tokenizer to save beside the LM: the hf: one with the project's tokens, or the data's BPE."""
     from .data.hf_tokenizer import HF_PREFIX, HFTokenizer, hf_tokenizer_with_specials
 
     if isinstance(model.tokenizer, HFTokenizer):
-        spec = str(model.hparams.tokenizer_path)
+        spec = str(tokenizer_path)
         tok, _, _ = hf_tokenizer_with_specials(spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else model.tokenizer.source)
         if tok.backend_tokenizer.to_str() != model.tokenizer.tokenizer.to_str():
             raise ValueError(f"the tokenizer at {spec} changed since training; export needs the one the model was trained with")
@@ -88,15 +75,16 @@ def export_hf(ckpt: str | Path, out: str | Path, merge_lora: bool = False, dtype
     """Writes the VLM's language model (+ tokenizer) as a transformers folder; see the module docstring."""
     from .models.hf_backbone import DTYPES, HFBackbone
 
-    model = load_vlm(ckpt)
+    module = load_vlm(ckpt)
+    model, hp = module.model, module.hparams
     backbone = model.backbone
     if not isinstance(backbone, HFBackbone):
-        raise ValueError(f"{ckpt} has backbone '{model.hparams.backbone}': export writes Hugging Face models (backbone: hf:/path)")
+        raise ValueError(f"{ckpt} has backbone '{hp.backbone}': export writes Hugging Face models (backbone: hf:/path)")
     if backbone.has_lora and not merge_lora:
         raise ValueError(f"{ckpt} has LoRA adapters: pass --merge-lora to fold them into the exported weights")
     lm = backbone.merge_lora()
     _install_text_rows(lm, model)
-    tokenizer = _fast_tokenizer(model)
+    tokenizer = _fast_tokenizer(model, hp.tokenizer_path)
     eot, pad = model.tokenizer.id(EOT), model.tokenizer.id(PAD)
     own_eos = lm.generation_config.eos_token_id
     own_eos = [] if own_eos is None else [own_eos] if isinstance(own_eos, int) else list(own_eos)
@@ -109,10 +97,10 @@ def export_hf(ckpt: str | Path, out: str | Path, merge_lora: bool = False, dtype
     out.mkdir(parents=True, exist_ok=True)
     lm.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    parts = {k: v for k, v in model.state_dict().items() if not k.startswith(LM_PARTS)}
+    parts = {k: v for k, v in module.state_dict().items() if not k.startswith(LM_PARTS)}
     torch.save(parts, out / "vlm_parts.pt")
-    info = {"checkpoint": str(ckpt), "vlm_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "backbone": model.hparams.backbone, "tokenizer": str(model.hparams.tokenizer_path), "merged_lora": merge_lora,
+    info = {"checkpoint": str(ckpt), "vlm_class": f"{type(module).__module__}.{type(module).__qualname__}", "head": hp.head,
+            "backbone": hp.backbone, "tokenizer": str(hp.tokenizer_path), "merged_lora": merge_lora,
             "special_tokens": dict(model.tokenizer.special), "image_tokens_in": model.input_encoder.num_tokens,
             "image_tokens_out": model.output_encoder.num_tokens}
     (out / "lightning_vlm_export.json").write_text(json.dumps(info, indent=1) + "\n")

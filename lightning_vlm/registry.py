@@ -1,8 +1,8 @@
 """Plugin discovery through entry points: one path for built-ins and pip-installed plugins.
 
-Groups: `lightning_vlm.architectures` (LightningModule classes) and
-`lightning_vlm.encoders` (ImageEncoder classes). Our own pyproject declares the
-built-ins exactly as a plugin package would.
+Groups: `lightning_vlm.heads` (image heads, `heads.ImageHead`), `lightning_vlm.encoders`
+(ImageEncoder classes) and `lightning_vlm.datasets` (dataset plugins, `data.dataset`). Our own
+pyproject declares the built-ins exactly as a plugin package would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from importlib.metadata import entry_points
 
-GROUPS = {"architectures": "lightning_vlm.architectures", "encoders": "lightning_vlm.encoders"}
+GROUPS = {"heads": "lightning_vlm.heads", "encoders": "lightning_vlm.encoders", "datasets": "lightning_vlm.datasets"}
 
 
 def _entries(kind: str) -> dict:
@@ -50,7 +50,7 @@ def name_of(kind: str, cls: type) -> str | None:
 
 
 def import_all() -> None:
-    """Imports every registered class, so LightningCLI resolves short class names (e.g. DiscreteVLM).
+    """Imports every registered class, so LightningCLI resolves short class names (e.g. VQEncoder).
 
     A plugin that fails to import (say, an optional extra is missing) is skipped here;
     naming it in a config still fails with its own error.
@@ -82,7 +82,7 @@ def describe(kind: str) -> list[tuple[str, str, str, str, list[str]]]:
 
 
 def plugins_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-vlm plugins", description="List registered architectures and encoders.")
+    parser = argparse.ArgumentParser(prog="lightning-vlm plugins", description="List registered heads, encoders and datasets.")
     parser.add_argument("kind", nargs="?", choices=sorted(GROUPS), help="only this kind")
     args = parser.parse_args(argv)
     for kind in [args.kind] if args.kind else sorted(GROUPS):

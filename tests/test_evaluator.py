@@ -1,82 +1,87 @@
-"""VLMEvaluator's scoring on hand-written answers: lenient, reference-protocol and per-value metrics."""
+"""The generic evaluator on hand-made batches: which outputs it generates, what it hands the
+dataset's scorer, padding rows left out, and its own metric (prompt gain).
+
+The smart-watch scoring rules themselves are tested in test_scorer.py."""
 
 import pytest
+import torch
 
-from lightning_vlm.architectures.evaluation import METRIC_NAMES, VLMEvaluator
-from lightning_vlm.eval.breakdown import breakdown_name, breakdown_names
-
-
-def watch(weather, weather_position, battery_position, hour=11, battery=40):
-    return {"hour": hour, "minute": 0, "second": 0, "weather": weather, "battery": battery,
-            "weather_position": weather_position, "battery_position": battery_position, "face_color": [0, 0, 0]}
-
-
-CLOUDY = watch("cloudy", "top-left", "bottom-right")
-SUNNY = watch("sunny", "bottom-left", "top-right")
+from lightning_vlm.data.datamodule import VLMDataModule
+from lightning_vlm.eval.evaluator import GenerationSettings, VLMEvaluator, prompt_gain
+from lightning_vlm.models.generation import prompt_for
+from lightning_vlm.training import UnifiedVLM
+from tiny_encoders import export_tiny_encoders
 
 
-def vqa(attrs, turns):
-    """A VQA meta; `turns` is [(question type, true answer)]."""
-    conversations = [t for qtype, answer in turns for t in ({"role": "user", "text": f"{qtype}?"}, {"role": "assistant", "text": answer})]
-    return {"task": "vqa", "attributes": attrs, "conversations": conversations, "question_types": [q for q, _ in turns], "image_id": 0}
+class RecordingScorer(torch.nn.Module):
+    """A dataset scorer that records what it is given and scores 1 per answer, the mean pixel per image."""
+
+    metric_names = ("vqa/answered", "gen/mean_pixel")
+
+    def __init__(self, turns=None):
+        super().__init__()
+        self.answers, self.images, self._turns = [], [], turns
+        if turns is not None:
+            self.turns = turns
+
+    def score_text(self, meta, text, turn):
+        self.answers.append((meta["image_id"], turn, text))
+        return [("vqa/answered", 1.0)]
+
+    def score_images(self, images, truth, metas):
+        self.images.append((images.shape, truth.shape, [m["image_id"] for m in metas]))
+        return [("gen/mean_pixel", float(image.mean())) for image in images]
+
+    def compute(self):
+        return {"gen/dataset_level": 7.0}
 
 
-def test_answers_score_lenient_reference_and_per_value():
-    ev = VLMEvaluator()
-    first = vqa(CLOUDY, [("weather", "cloudy"), ("time", "11:00:00")])
-    ev.score_text(first, "Cloudy", 0)  # lenient 1 (any case); reference 0 (case-sensitive)
-    ev.score_text(first, "01:00:00", 1)  # 2 h off on the dial; a second turn: not in the reference protocol
-    second = vqa(SUNNY, [("battery_position", "top-right"), ("weather", "sunny")])
-    ev.score_text(second, "in the top-right corner", 0)
-    ev.score_text(second, "cloudy", 1)
-    ev.score_text(vqa(CLOUDY, [("battery", "40%")]), "40 %", 0)  # lenient reads "40 %", the reference does not
-    caption = {"task": "caption", "attributes": CLOUDY, "mentioned": ["time", "weather"], "conversations": [], "image_id": 1}
-    ev.score_text(caption, "The watch shows 11:00:00.", 0)
-
-    time = 1 - (2 / 6) / 3
-    assert ev.compute() == pytest.approx({
-        "vqa/time": time,
-        "vqa/weather": 0.5,
-        "vqa/battery": 1.0,
-        "vqa/battery_position": 1.0,
-        "vqa/position": 1.0,
-        "vqa/total": (1 + time + 1 + 0 + 1) / 5,
-        "vqa/weather/cloudy": 1.0,
-        "vqa/weather/sunny": 0.0,
-        "vqa/battery_position/top-right": 1.0,
-        "vqa_ref/weather": 0.0,
-        "vqa_ref/position": 1.0,
-        "vqa_ref/battery": 0.0,
-        "vqa_ref/total": 1 / 3,
-        "caption/correct/time": 1.0,
-        "caption/recall": 0.5,
-    })
+@pytest.fixture(scope="module")
+def model_and_batch(tiny_data, tmp_path_factory):
+    enc = export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
+    torch.manual_seed(0)
+    module = UnifiedVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(enc["vq"]), backbone="tiny",
+                        backbone_overrides={"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64})
+    dm = VLMDataModule(str(tiny_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    batch = next(iter(dm.train_dataloader()))
+    padding = torch.zeros(len(batch["meta"]), dtype=torch.bool)
+    padding[-1] = True  # a DDP balance copy: never scored
+    return module.model.eval(), {**batch, "is_padding": padding}
 
 
-def test_generated_images_score_only_what_the_prompt_asked_for():
-    ev = VLMEvaluator()
-    read = watch("cloudy", "bottom-right", "top-left", battery=99)  # the two items swapped, battery wrong
-    ev.score_image_attributes(read, {"task": "generation", "attributes": CLOUDY, "mentioned": ["time", "weather", "weather_position"]})
-    read = watch("raining", "bottom-left", "top-right", hour=5)
-    ev.score_image_attributes(read, {"task": "generation", "attributes": SUNNY, "mentioned": ["time", "battery_position"]})
-    assert ev.compute() == pytest.approx({
-        "gen/time": (1 + 2 / 3) / 2,  # 5 vs 11 o'clock: 6 h, the worst hour
-        "gen/weather": 1.0,
-        "gen/weather_position": 0.0,
-        "gen/battery_position": 1.0,
-        "gen/corner_filled": 1.0,  # the swapped pair still fills the asked-for corner
-        "gen/weather/cloudy": 1.0,
-        "gen/weather_position/top-left": 0.0,
-        "gen/battery_position/top-right": 1.0,
-    })
+def test_every_question_is_answered_once_and_padding_is_skipped(model_and_batch):
+    model, batch = model_and_batch
+    scorer = RecordingScorer()
+    evaluator = VLMEvaluator(scorer, GenerationSettings(max_new_tokens=3))
+    evaluator.update(model, batch, torch.Generator().manual_seed(0), keep_examples=2)
+    real = [m for m, pad in zip(batch["meta"], batch["is_padding"]) if not pad]
+    expected = [(m["image_id"], t) for m in real if m["task"] != "generation"
+                for t in (range(len(m["question_types"])) if m["task"] == "vqa" else [0])]
+    assert [(i, t) for i, t, _ in scorer.answers] == expected and expected
+    first = next(i for i, m in enumerate(batch["meta"]) if m["task"] != "generation")
+    direct = model.generate_text([prompt_for(model, batch["meta"][first], 0)], batch["images"][[first]], max_new_tokens=3)
+    assert scorer.answers[0][2] == model.tokenizer.decode(direct[0])  # the answer the model gives on its own
+    generated = [m["image_id"] for m in real if m["task"] == "generation"]
+    assert scorer.images == [(torch.Size([len(generated), 3, 32, 32]), torch.Size([len(generated), 3, 32, 32]), generated)]
+    assert len(evaluator.examples) == 2 and evaluator.last_images[0].shape[0] == len(generated)
+    metrics = evaluator.compute()
+    assert metrics["vqa/answered"] == 1.0 and metrics["gen/dataset_level"] == 7.0
+    rows = [i for i, m in enumerate(batch["meta"]) if m["task"] == "generation" and not batch["is_padding"][i]]
+    assert metrics["gen/prompt_gain"] == pytest.approx(prompt_gain(model, batch, rows))
 
 
-def test_per_value_names_are_fixed_in_advance():
-    # every rank must hold the same metrics in the same order to sync them under DDP
-    assert len(METRIC_NAMES) == len(set(METRIC_NAMES))
-    for prefix in ("vqa", "gen"):
-        names = breakdown_names(prefix)
-        assert set(names) <= set(METRIC_NAMES) and len(names) == 3 + 4 + 4
-    assert list(VLMEvaluator().means) == [n.replace("/", "__") for n in METRIC_NAMES]
-    assert breakdown_name("vqa", "weather", {"weather": "foggy"}) is None  # a value outside the world is not filed
-    assert breakdown_name("vqa", "time", CLOUDY) is None
+def test_the_scorer_chooses_which_turns_to_answer(model_and_batch):
+    model, batch = model_and_batch
+    scorer = RecordingScorer(turns=lambda meta: [0] if meta["task"] == "vqa" else [])
+    VLMEvaluator(scorer, GenerationSettings(max_new_tokens=2)).update(model, batch)
+    vqa = [m["image_id"] for m, pad in zip(batch["meta"], batch["is_padding"]) if m["task"] == "vqa" and not pad]
+    assert [(i, t) for i, t, _ in scorer.answers] == [(i, 0) for i in vqa]
+
+
+def test_metrics_nothing_contributed_to_are_left_out(model_and_batch):
+    model, batch = model_and_batch
+    understanding_only = {k: v for k, v in batch.items()}
+    understanding_only["is_padding"] = torch.tensor([m["task"] == "generation" for m in batch["meta"]])
+    evaluator = VLMEvaluator(RecordingScorer(), GenerationSettings(max_new_tokens=2))
+    evaluator.update(model, understanding_only)
+    assert set(evaluator.compute()) == {"vqa/answered", "gen/dataset_level"}

@@ -1,4 +1,4 @@
-"""Model building blocks: backbone + KV cache, HF backbone, projectors, heads, diffusion head."""
+"""Model building blocks: backbone + KV cache, HF backbone, projectors, LM head, the diffusion head's denoiser."""
 
 import sys
 
@@ -10,13 +10,11 @@ from lightning_vlm.models import (
     AffineMisalignment,
     Backbone,
     BackboneConfig,
-    DiffusionHead,
-    DiscreteImageHead,
     HFBackbone,
     MLPProjector,
-    RegressionImageHead,
     lm_head,
 )
+from lightning_vlm.heads.denoiser import Denoiser
 from lightning_vlm.models import hf_backbone
 
 TOY = BackboneConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128, max_seq_len=64)
@@ -244,34 +242,12 @@ def test_lm_head_tying():
     assert lm_head(embed)(torch.randn(3, 8)).shape == (3, 20)
 
 
-def test_discrete_head_learns_and_samples():
+# --- diffusion denoiser ------------------------------------------------------------------------------
+
+
+def test_denoiser_trains_and_samples():
     torch.manual_seed(0)
-    head, h, idx = DiscreteImageHead(16, 10), torch.randn(2, 6, 16), torch.randint(0, 10, (2, 6))
-    assert head(h).shape == (2, 6, 10)
-    losses = fit(head, lambda: head.loss(h, idx))
-    assert losses[-1] < 0.5 * losses[0]
-    assert torch.equal(head.sample(h), head(h).argmax(-1))
-    draws = [head.sample(h, 1.0, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
-    assert draws[0].shape == (2, 6) and torch.equal(draws[0], draws[1])
-
-
-@pytest.mark.parametrize("kind", ["cosine", "mse"])
-def test_regression_head_learns(kind):
-    torch.manual_seed(0)
-    head, h, target = RegressionImageHead(16, 8, loss=kind), torch.randn(12, 16), torch.randn(12, 8)
-    assert head(h).shape == (12, 8) and torch.equal(head.sample(h), head(h))
-    losses = fit(head, lambda: head.loss(h, target))
-    assert losses[-1] < 0.7 * losses[0]
-    with pytest.raises(ValueError, match="cosine, mse"):
-        RegressionImageHead(16, 8, loss="l1")
-
-
-# --- diffusion head ---------------------------------------------------------------------------------
-
-
-def test_diffusion_head_trains_and_samples():
-    torch.manual_seed(0)
-    head = DiffusionHead(feat_dim=4, cond_dim=8, width=64, depth=2)
+    head = Denoiser(feat_dim=4, cond_dim=8, width=64, depth=2)
     z = torch.randn(32, 8)
     target = torch.tanh(z[:, :4] * 2)  # a token that is a function of its condition
     losses = fit(head, lambda: head.loss(target, z, repeats=4), steps=40, lr=5e-3)
@@ -288,10 +264,10 @@ def test_diffusion_head_trains_and_samples():
         head.sample(z, steps=0)
 
 
-def test_diffusion_head_rejects_unknown_schedule():
+def test_denoiser_rejects_unknown_schedule():
     with pytest.raises(ValueError, match="cosine, linear"):
-        DiffusionHead(4, 8, schedule="sigmoid")
-    assert DiffusionHead(4, 8, width=16, depth=1, schedule="linear").loss(torch.randn(3, 4), torch.randn(3, 8)).isfinite()
+        Denoiser(4, 8, schedule="sigmoid")
+    assert Denoiser(4, 8, width=16, depth=1, schedule="linear").loss(torch.randn(3, 4), torch.randn(3, 8)).isfinite()
 
 
 # --- Hugging Face backbone --------------------------------------------------------------------------
@@ -321,10 +297,10 @@ def test_hf_backbone_errors(tmp_path, monkeypatch):
         hf_backbone._transformers()
 
 
-def test_diffusion_head_mean_loss_adds_the_pure_noise_timestep():
+def test_denoiser_mean_loss_adds_the_pure_noise_timestep():
     """mean_weight adds w x the v-loss at the last timestep, where the noisy input carries no signal."""
     torch.manual_seed(0)
-    head = DiffusionHead(feat_dim=4, cond_dim=8, width=32, depth=1)
+    head = Denoiser(feat_dim=4, cond_dim=8, width=32, depth=1)
     nn.init.normal_(head.out.weight, std=0.5)  # a non-trivial denoiser (the output layer starts at zero)
     nn.init.normal_(head.final_ada[1].weight, std=0.5)
     x0, z = torch.randn(16, 4), torch.randn(16, 8)

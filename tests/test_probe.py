@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_vlm.architectures.discrete import DiscreteVLM
+from lightning_vlm.training import UnifiedVLM
 from lightning_vlm.eval.probe import fit_linear_probe, image_features, probe_attributes, render_split
 from tiny_encoders import export_tiny_encoders
 
@@ -14,9 +14,9 @@ TINY_BACKBONE = {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_h
 def model(tmp_path_factory, tiny_data):
     enc = export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
     torch.manual_seed(0)
-    return DiscreteVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(enc["semantic"]),
-                       output_encoder=str(enc["vq"]), backbone="tiny", backbone_overrides=TINY_BACKBONE,
-                       misalign_strength=0.2).eval()
+    return UnifiedVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(enc["semantic"]),
+                      output_encoder=str(enc["vq"]), backbone="tiny", backbone_overrides=TINY_BACKBONE,
+                      misalign_strength=0.2).model.eval()
 
 
 def test_probe_reads_a_linear_label_and_not_a_random_one():

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from lightning_vlm.cli import main as cli_main  # noqa: E402
-from lightning_vlm.data.datamodule import SmartWatchDataModule  # noqa: E402
+from lightning_vlm.data.datamodule import VLMDataModule  # noqa: E402
 from lightning_vlm.data.hf_tokenizer import HFTokenizer, load_tokenizer  # noqa: E402
 from lightning_vlm.data.llava import import_llava  # noqa: E402
 from lightning_vlm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer  # noqa: E402
@@ -76,7 +76,7 @@ def test_hf_tokenizer_speaks_the_project_format(world):
     assert tok.decode([tok.id("<user>")] + ids + [tok.id("<eot>")]) == "What colour is the square?"
     again = pickle.loads(pickle.dumps(tok))  # DataLoader workers
     assert again.special == tok.special and again.tokenizer.to_str() == tok.tokenizer.to_str()
-    dm = SmartWatchDataModule(str(world["data"]), tokenizer=f"hf:{world['lm']}", batch_size=2, num_workers=0,
+    dm = VLMDataModule(str(world["data"]), tokenizer=f"hf:{world['lm']}", batch_size=2, num_workers=0,
                               image_tokens_in=16, image_tokens_out=16)
     batch = next(iter(dm.train_dataloader()))
     assert int(batch["input_ids"].max()) < tok.vocab_size and (batch["input_ids"][:, 0] == tok.id("<bos>")).all()
@@ -128,9 +128,9 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     transformers model whose logits match the LoRA model's."""
     import lightning.pytorch as pl
 
-    from lightning_vlm.architectures.discrete import DiscreteVLM
-    from lightning_vlm.architectures.generate import generate_text, prompt_for
-    from lightning_vlm.export import load_vlm
+    from lightning_vlm.models.generation import generate_text, prompt_for
+    from lightning_vlm.training import UnifiedVLM
+    from lightning_vlm.training.checkpoints import load_vlm, load_weights
 
     siglip = tmp_path / "siglip_l2.ckpt"
     for argv in (["export", "--hf-encoder", str(world["siglip"]), "--layer", "-2", "--out", str(siglip)],
@@ -140,9 +140,10 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
         assert done.value.code == 0, argv
     lm = f"hf:{world[which]}"
     torch.manual_seed(0)
-    model = DiscreteVLM(tokenizer_path=lm, input_encoder=str(siglip), output_encoder=str(world["vq"]), backbone=lm,
+    module = UnifiedVLM(tokenizer_path=lm, input_encoder=str(siglip), output_encoder=str(world["vq"]), backbone=lm,
                         backbone_overrides={"lora": {"r": 8, "alpha": 16}, "gradient_checkpointing": True},
                         lr=1e-2, max_new_tokens=4)
+    model = module.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in n for n in trainable if n.startswith("backbone."))
     assert {"text_embeddings.added", "input_projector.0.weight"} <= trainable
@@ -150,16 +151,16 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     lm_model = model.backbone.causal_lm
     assert not model.text_embeddings.base.weight.requires_grad
     assert getattr(lm_model, "is_activation_checkpointing", None) or lm_model.is_gradient_checkpointing
-    dm = SmartWatchDataModule(str(world["data"]), tokenizer=lm, batch_size=2, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    dm = VLMDataModule(str(world["data"]), tokenizer=lm, batch_size=2, num_workers=0, image_tokens_in=16, image_tokens_out=16)
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     live = []
     encode = model.input_encoder.encode
     model.input_encoder.encode = lambda images: live.append(len(images)) or encode(images)
-    trainer.fit(model, dm)
+    trainer.fit(module, dm)
     del model.input_encoder.encode
-    assert trainer.global_step == 2 and model._caches["input"] is not None and not live  # SigLIP tokens came from the cache
-    cached, _ = model._caches["input"].lookup(list(model._caches["input"].index)[:2])
+    assert trainer.global_step == 2 and model.token_caches["input"] is not None and not live  # SigLIP tokens came from the cache
+    cached, _ = model.token_caches["input"].lookup(list(model.token_caches["input"].index)[:2])
     assert cached.shape == (2, 16, 32)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert all(p.abs().sum() > 0 for p in lora_b)  # the adapters trained
@@ -167,11 +168,12 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     ckpt = tmp_path / "lora.ckpt"
     trainer.save_checkpoint(ckpt)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    backbone_keys = [k for k in saved["state_dict"] if k.startswith("backbone.")]
+    backbone_keys = [k for k in saved["state_dict"] if k.startswith("model.backbone.")]
     assert backbone_keys and all("lora_" in k for k in backbone_keys)  # frozen LM weights left out
-    assert "text_embeddings.base.weight" in saved["frozen_backbone"]["dropped"] and "input_encoder.vision.embeddings.patch_embedding.weight" in saved["state_dict"]
+    assert "model.text_embeddings.base.weight" in saved["frozen_backbone"]["dropped"]
+    assert "model.input_encoder.vision.embeddings.patch_embedding.weight" in saved["state_dict"]
 
-    metrics = trainer.test(model, dm, verbose=False)[0]
+    metrics = trainer.test(module, dm, verbose=False)[0]
     assert "test/gen/prompt_gain" in metrics
     meta = next(m for _, _, m in samples(world["data"]) if m["task"] == "vqa" and not m["text_only"])
     assert is_open_vqa(meta)
@@ -180,9 +182,9 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     assert 1 <= len(out[0]) <= 5 and isinstance(model.tokenizer.decode(out[0]), str)
 
     reloaded = load_vlm(ckpt)  # frozen weights come back from the model folder
-    for k, v in model.state_dict().items():
+    for k, v in module.state_dict().items():
         assert torch.equal(v, reloaded.state_dict()[k]), k
-    reloaded.load_weights(str(ckpt))  # init_weights: every key checked
+    load_weights(reloaded, str(ckpt))  # init_weights: every key checked
     resumed = pl.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     resumed.fit(load_vlm(ckpt).train(), dm, ckpt_path=str(ckpt))
@@ -195,7 +197,7 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     assert done.value.code == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     exported_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
-    tok = reloaded.tokenizer
+    tok, reloaded = reloaded.tokenizer, reloaded.model
     assert exported_tok.convert_tokens_to_ids("<user>") == tok.id("<user>") and tok.id("<eot>") in merged.generation_config.eos_token_id
     assert exported_tok("What colour is the square?", add_special_tokens=False)["input_ids"] == tok.encode("What colour is the square?")
     ids = torch.tensor([[tok.id("<bos>"), tok.id("<user>"), *tok.encode("What colour is the square?"), tok.id("<eot>"), tok.id("<assistant>")]])

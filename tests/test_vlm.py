@@ -1,14 +1,17 @@
-"""UnifiedVLM and its architectures on tiny shapes: losses, gradients, shared space, generation."""
+"""The VLM and its image heads on tiny shapes: losses, gradients, shared space, generation.
+
+Most tests build the model from a config's strings through the LightningModule (`UnifiedVLM`,
+as `lightning-vlm fit` does) and test its `.model`; `test_vlm_builds_from_objects` builds the
+plain `VLM` from objects, with no file at all.
+"""
 
 import pytest
 import torch
 
-from lightning_vlm.architectures.diffusion import DiffusionVLM
-from lightning_vlm.architectures.discrete import DiscreteVLM
-from lightning_vlm.architectures.generate import generate_images, generate_text, image_tokens, prompt_for
-from lightning_vlm.architectures.regression import RegressionVLM
-from lightning_vlm.data.datamodule import SmartWatchDataModule
-from lightning_vlm.data.smartwatch.tasks import TASKS
+from lightning_vlm.data.datamodule import VLMDataModule
+from lightning_vlm.data.tasks import TASKS
+from lightning_vlm.models.generation import generate_images, generate_text, image_tokens, prompt_for, unconditional
+from lightning_vlm.training import UnifiedVLM
 from tiny_encoders import export_tiny_encoders
 
 TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
@@ -21,31 +24,53 @@ def encoders(tmp_path_factory, tiny_data):
 
 @pytest.fixture(scope="module")
 def batch(tiny_data):
-    dm = SmartWatchDataModule(str(tiny_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    dm = VLMDataModule(str(tiny_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
     return next(iter(dm.train_dataloader()))
 
 
-def make(cls, tiny_data, encoders, inp, out, **kw):
+def make_module(head, tiny_data, encoders, inp, out, **kw):
     torch.manual_seed(0)
-    return cls(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(encoders[inp]),
-               output_encoder=str(encoders[out]), backbone="tiny", backbone_overrides=TINY_BACKBONE, **kw)
+    return UnifiedVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(encoders[inp]), output_encoder=str(encoders[out]),
+                      backbone="tiny", backbone_overrides=TINY_BACKBONE, head=head, **kw)
+
+
+def make(head, tiny_data, encoders, inp, out, **kw):
+    """The plain model (`models.VLM`) of a UnifiedVLM built from files."""
+    return make_module(head, tiny_data, encoders, inp, out, **kw).model
+
+
+def test_vlm_builds_from_objects(tiny_data, batch):
+    """No tokenizer file, no checkpoint: the model is objects put together, like nanoGPT's GPT."""
+    from lightning_vlm.data.tokenizer import TextTokenizer
+    from lightning_vlm.heads import DiscreteHead
+    from lightning_vlm.models import Backbone, BackboneConfig
+    from lightning_vlm.models.vlm import VLM
+    from tiny_encoders import tiny_encoders
+
+    tokenizer = TextTokenizer.from_file(tiny_data / "tokenizer.json")
+    vq = tiny_encoders()["vq"].requires_grad_(False)
+    backbone = Backbone(BackboneConfig.preset("tiny", **TINY_BACKBONE))
+    model = VLM(tokenizer, vq, backbone, DiscreteHead(backbone.dim, vq), image_loss_weight=0.2)
+    losses = model(batch)
+    assert torch.isfinite(losses["total"]) and losses["image"] > 0
+    assert torch.allclose(losses["total"], losses["text"] + 0.2 * losses["image"])
 
 
 CELLS = [
-    (DiscreteVLM, "vq", "vq"),
-    (DiscreteVLM, "semantic", "vq"),
-    (RegressionVLM, "semantic", "semantic"),
-    (RegressionVLM, "vq", "semantic"),
-    (DiffusionVLM, "ae", "ae"),
+    ("discrete", "vq", "vq"),
+    ("discrete", "semantic", "vq"),
+    ("regression", "semantic", "semantic"),
+    ("regression", "vq", "semantic"),
+    ("diffusion", "ae", "ae"),
 ]
 
 
 @pytest.mark.parametrize("misalign", [0.0, 0.2])
-@pytest.mark.parametrize("cls,inp,out", CELLS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize("cls,inp,out", CELLS)
 def test_forward_backward(cls, inp, out, misalign, tiny_data, encoders, batch):
     model = make(cls, tiny_data, encoders, inp, out, misalign_strength=misalign)
     assert (model.output_projector is model.input_projector) == (inp == out)
-    losses = model.losses(batch)
+    losses = model(batch)
     assert set(TASKS_LOSSES) <= set(losses) and torch.isfinite(losses["total"])
     assert losses["image"] > 0
     losses["total"].backward()
@@ -60,35 +85,35 @@ TASKS_LOSSES = ("text", "image", "total", "text/vqa", "text/caption", "text/gene
 
 
 def test_a_few_steps_lower_the_loss(tiny_data, encoders, batch):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    model = make("discrete", tiny_data, encoders, "vq", "vq")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    first = model.losses(batch)["total"].item()
+    first = model(batch)["total"].item()
     for _ in range(15):
         opt.zero_grad()
-        model.losses(batch)["total"].backward()
+        model(batch)["total"].backward()
         opt.step()
-    assert model.losses(batch)["total"].item() < 0.8 * first
+    assert model(batch)["total"].item() < 0.8 * first
 
 
 def test_freeze_keeps_parts_fixed(tiny_data, encoders, batch):
-    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["backbone", "input_projector"])
-    model.losses(batch)["total"].backward()
+    model = make("regression", tiny_data, encoders, "semantic", "semantic", freeze=["backbone", "input_projector"])
+    model(batch)["total"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert all(p.grad is None for p in model.input_projector.parameters())
     assert next(model.image_head.parameters()).grad is not None
     with pytest.raises(ValueError, match="unknown part"):
-        make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", freeze=["lm"])
+        make("regression", tiny_data, encoders, "semantic", "semantic", freeze=["lm"])
 
 
-@pytest.mark.parametrize("cls,inp,out", CELLS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize("cls,inp,out", CELLS)
 def test_standardized_features_learn_their_statistics_in_training_only(cls, inp, out, tiny_data, encoders, batch):
     model = make(cls, tiny_data, encoders, inp, out, standardize_features=True, misalign_strength=0.2).train()
     assert (model.output_standardizer is model.input_standardizer) == (inp == out)
-    losses = model.losses(batch)
+    losses = model(batch)
     losses["total"].backward()
     assert torch.isfinite(losses["total"]) and all(p.grad is not None for p in model.input_projector.parameters())
     assert model.input_standardizer.batches > 0 and model.output_standardizer.batches > 0
-    feats, _ = model.encode_images(model.input_encoder, batch["images"][:2])
+    feats, _ = model.encode_images("input", batch["images"][:2])
     seen = model.input_standardizer.state_dict()
     model.eval()
     expected = model.input_projector(model.misalign(model.input_standardizer(feats)))
@@ -116,55 +141,59 @@ def test_running_standardizer_averages_exactly_then_moves_slowly():
 
 def test_regression_standardises_targets_so_the_mean_token_is_no_answer(tiny_data, encoders):
     """Features with a large shared mean (like the semantic encoder's): the mean alone must not score well."""
-    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", regression_loss="mse").train()
+    model = make("regression", tiny_data, encoders, "semantic", "semantic", head_options={"loss": "mse"}).train()
     d = model.output_encoder.dim
     torch.manual_seed(0)
     shared, detail = 5 * torch.randn(1, d), 0.3 * torch.randn(200, d) * torch.linspace(0.2, 2, d)
     features = shared + detail
-    model._update_statistics(features)
-    z = model.standardize(features)
+    head = model.image_head
+    head._update_statistics(features)
+    z = head.standardize(features)
     assert torch.allclose(z.mean(0), torch.zeros(d), atol=1e-4) and torch.allclose(z.std(0, unbiased=False), torch.ones(d), atol=1e-3)
-    assert torch.allclose(model._feed_back(z)[0], features, atol=1e-4)  # predictions go back to encoder space
+    assert torch.allclose(head._feed_back(z)[0], features, atol=1e-4)  # predictions go back to encoder space
     mean_token = features.mean(0, keepdim=True).expand_as(features)
     raw_cos = 1 - torch.nn.functional.cosine_similarity(mean_token, features).mean()
-    std_cos = 1 - torch.nn.functional.cosine_similarity(model.standardize(mean_token) + 1e-6, z).mean()
+    std_cos = 1 - torch.nn.functional.cosine_similarity(head.standardize(mean_token) + 1e-6, z).mean()
     assert raw_cos < 0.01 and std_cos > 0.9  # blind on raw features, not on standardised ones
-    cosine = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic").train()
+    cosine = make("regression", tiny_data, encoders, "semantic", "semantic").train().image_head
     cosine._update_statistics(features)
     fed = cosine._feed_back(3 * cosine.standardize(features))[0]  # norm is free under cosine: rescaled
     assert (fed - features).abs().mean() < 0.25 * detail.abs().mean()  # only each token's own norm differs
 
 
-def test_regression_loads_checkpoints_from_before_standardisation(tiny_data, encoders):
-    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic")
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("target_stats.")}
-    checkpoint = {"state_dict": state}
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])  # strict: nothing missing
-    features = torch.randn(4, model.output_encoder.dim)
-    assert torch.allclose(model.standardize(features), features)  # identity statistics: the old behaviour
+def test_checkpoints_of_the_former_architecture_classes_upgrade(tiny_data, encoders, tmp_path):
+    """A RegressionVLM checkpoint (weights at the top level, head options as hyperparameters) loads
+    into UnifiedVLM: by `lightning-vlm upgrade`, and by init_weights directly."""
+    from lightning_vlm.training.checkpoints import upgrade_checkpoint, upgrade_main
 
-
-def test_init_weights_upgrades_older_checkpoints_like_a_resume(tiny_data, encoders, tmp_path):
-    """A checkpoint that keeps the target statistics under their first names still starts a new stage."""
-    source = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic")
-    state = source.state_dict()
-    for name in ("mean", "var", "batches"):
-        state[f"target_{name}"] = state.pop(f"target_stats.{name}") + 3
+    source = make_module("regression", tiny_data, encoders, "semantic", "semantic", head_options={"loss": "mse", "layers": 2})
+    with torch.no_grad():
+        source.model.image_head.target_stats.mean.add_(3)
+    old_names = {"model.image_head.target_stats.": "target_stats.", "model.image_head.target_norm": "target_norm", "model.image_head.": "image_head.", "model.": ""}
+    rename = lambda k: next(new + k[len(old):] for old, new in old_names.items() if k.startswith(old))  # noqa: E731
+    hp = {k: v for k, v in source.hparams.items() if k not in ("head", "head_options")}
+    old = {"state_dict": {rename(k): v for k, v in source.state_dict().items()},
+           "hyper_parameters": {**hp, "regression_loss": "mse", "head_layers": 2, "reader": "r.ckpt",
+                                "_class_path": "lightning_vlm.architectures.regression.RegressionVLM"}}
+    new = upgrade_checkpoint(old)
+    assert new["hyper_parameters"]["head"] == "regression" and new["hyper_parameters"]["head_options"] == {"loss": "mse", "layers": 2}
+    assert "reader" not in new["hyper_parameters"] and new["hyper_parameters"]["_class_path"] == "lightning_vlm.training.UnifiedVLM"
+    assert set(new["state_dict"]) == set(source.state_dict())
     path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": state}, path)
-    model = make(RegressionVLM, tiny_data, encoders, "semantic", "semantic", init_weights=str(path))
+    torch.save(old, path)
+    assert upgrade_main([str(path), "--out", str(tmp_path / "new.ckpt")]) == 0
+    assert set(torch.load(tmp_path / "new.ckpt", weights_only=False)["state_dict"]) == set(source.state_dict())
+    model = make_module("regression", tiny_data, encoders, "semantic", "semantic", head_options={"loss": "mse", "layers": 2}, init_weights=str(path))
     model.setup("fit")
-    for name in ("mean", "var", "batches"):
-        assert torch.equal(getattr(model.target_stats, name), state[f"target_{name}"])
+    assert torch.equal(model.model.image_head.target_stats.mean, source.model.image_head.target_stats.mean)
 
 
 def test_non_finite_loss_names_step_and_task(tiny_data, encoders, batch):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    module = make_module("discrete", tiny_data, encoders, "vq", "vq")
     with torch.no_grad():
-        model.text_embeddings.weight.fill_(float("nan"))
+        module.model.text_embeddings.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 \(batch tasks: .*vqa"):
-        model.training_step(batch, 0)
+        module.training_step(batch, 0)
 
 
 def uncached_image_indices(model, prompt_ids, n):
@@ -180,7 +209,7 @@ def uncached_image_indices(model, prompt_ids, n):
 
 
 def test_kv_cache_generation_equals_uncached(tiny_data, encoders, batch):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq").eval()
+    model = make("discrete", tiny_data, encoders, "vq", "vq").eval()
     boi = model.tokenizer.id("<boi>")
     prefixes = [{"input_ids": prompt_for(model, m)["input_ids"] + [boi]} for m in batch["meta"] if m["task"] == "generation"][:2]
     assert len({len(p["input_ids"]) for p in prefixes}) == 2  # different lengths: the padded batch is exercised
@@ -191,7 +220,7 @@ def test_kv_cache_generation_equals_uncached(tiny_data, encoders, batch):
 
 
 def test_generation_shapes_and_text_answers(tiny_data, encoders, batch):
-    for cls, enc in ((DiscreteVLM, "vq"), (RegressionVLM, "semantic"), (DiffusionVLM, "ae")):
+    for cls, enc in (("discrete", "vq"), ("regression", "semantic"), ("diffusion", "ae")):
         model = make(cls, tiny_data, encoders, enc, enc).eval()
         metas = [m for m in batch["meta"] if m["task"] == "generation"][:2]
         images, texts = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3,
@@ -204,7 +233,7 @@ def test_generation_shapes_and_text_answers(tiny_data, encoders, batch):
 
 
 def test_sampled_text_answers_are_seeded_and_greedy_at_temperature_zero(tiny_data, encoders, batch):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq").eval()
+    model = make("discrete", tiny_data, encoders, "vq", "vq").eval()
     vqa = [(i, m) for i, m in enumerate(batch["meta"]) if m["task"] == "vqa"]
     prompts, images = [prompt_for(model, m) for _, m in vqa], batch["images"][[i for i, _ in vqa]]
     seeded = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
@@ -213,12 +242,10 @@ def test_sampled_text_answers_are_seeded_and_greedy_at_temperature_zero(tiny_dat
     hot = generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
     assert hot == generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
     assert hot != generate_text(model, prompts, images, 8, generator=seeded(2), temperature=1.5) and hot != greedy
-    model.hparams.text_temperature = 1.5  # the config knob is the default
-    assert generate_text(model, prompts, images, 8, generator=seeded(1)) == hot
 
 
 def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):
-    model = make(DiffusionVLM, tiny_data, encoders, "ae", "ae").eval()
+    model = make("diffusion", tiny_data, encoders, "ae", "ae").eval()
     h = torch.randn(3, 64)
     a, _ = model.sample_image_token(h, torch.Generator().manual_seed(1))
     b, _ = model.sample_image_token(h, torch.Generator().manual_seed(1))
@@ -234,16 +261,17 @@ def test_token_cache_gives_the_same_loss_as_encoding(tiny_data, encoders, batch,
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    model = make(DiscreteVLM, data, encoders, "vq", "vq").eval()
+    module = make_module("discrete", data, encoders, "vq", "vq").eval()
+    model = module.model
     torch.manual_seed(0)
-    on_the_fly = model.losses(batch)["total"]
+    on_the_fly = model(batch)["total"]
     TokenCache.build(data, "vq", encoders["vq"], load_encoder_checkpoint(encoders["vq"]), batch_size=8, progress=False)
-    model.open_token_caches(str(data))
-    assert model._caches["input"] is not None
+    module.open_token_caches(str(data))
+    assert model.token_caches["input"] is not None
     calls = []
     model.input_encoder.encode = lambda images: calls.append(1)  # would fail if the cache were bypassed
     torch.manual_seed(0)
-    cached = model.losses(batch)["total"]
+    cached = model(batch)["total"]
     assert not calls
     torch.testing.assert_close(cached, on_the_fly, rtol=1e-3, atol=1e-3)  # float16 storage
 
@@ -253,8 +281,8 @@ def test_tensorboard_gets_generated_grid_and_answers(tiny_data, encoders, tmp_pa
     import lightning.pytorch as pl
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", max_new_tokens=3)
-    dm = SmartWatchDataModule(str(tiny_data), batch_size=4, eval_batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    model = make_module("discrete", tiny_data, encoders, "vq", "vq", max_new_tokens=3)
+    dm = VLMDataModule(str(tiny_data), batch_size=4, eval_batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16)
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = pl.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=6, limit_test_batches=6)
     trainer.validate(model, dm)
@@ -267,13 +295,13 @@ def test_tensorboard_gets_generated_grid_and_answers(tiny_data, encoders, tmp_pa
 
 
 def test_output_slot_embedding_marks_each_image_token(tiny_data, encoders):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    model = make("discrete", tiny_data, encoders, "vq", "vq")
     n = model.output_encoder.num_tokens
     same = torch.randn(1, 1, model.output_encoder.dim).expand(1, n, -1)  # one code in every slot
     emb = model.embed_output_tokens(same)[0]
     assert torch.cdist(emb, emb).add(torch.eye(n)).min() > 0  # every slot differs from every other
     assert torch.allclose(model.embed_output_tokens(same[:, :1], first_slot=3)[0, 0], emb[3], atol=1e-6)  # generation feeds slot by slot
-    plain = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", output_slot_embedding=False)
+    plain = make("discrete", tiny_data, encoders, "vq", "vq", output_slot_embedding=False)
     assert plain.output_slots is None and torch.equal(*plain.embed_output_tokens(same)[0, :2])
 
 
@@ -283,19 +311,17 @@ def wake_image_head(model):
     for p in model.image_head.parameters():
         if not p.any():
             torch.nn.init.normal_(p, std=0.5)
-    if hasattr(model, "latent_scale"):
-        model.latent_scale.fill_(1.0)
+    if hasattr(model.image_head, "latent_scale"):
+        model.image_head.latent_scale.fill_(1.0)
 
 
 def test_prompt_mask_is_the_request_text(tiny_data, encoders, batch):
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    model = make("discrete", tiny_data, encoders, "vq", "vq")
     mask = model.prompt_mask(batch["input_ids"])
     for i, meta in enumerate(batch["meta"]):
         request = meta["conversations"][0]["text"]
         assert model.tokenizer.decode(batch["input_ids"][i][mask[i]].tolist()).strip() == request.strip()
     prefix = prompt_for(model, next(m for m in batch["meta"] if m["task"] == "generation"))
-    from lightning_vlm.architectures.generate import unconditional
-
     hidden = unconditional(model, prefix)["input_ids"]
     assert len(hidden) == len(prefix["input_ids"]) and model.tokenizer.id("<unk>") in hidden
     assert [t for t, h in zip(prefix["input_ids"], hidden) if t != h]  # the request is gone, the rest kept
@@ -303,7 +329,7 @@ def test_prompt_mask_is_the_request_text(tiny_data, encoders, batch):
 
 def test_prompt_dropout_hides_generation_requests_in_training(tiny_data, encoders, batch):
     """With dropout ~1 the image loss no longer depends on the request; in eval (no dropout) it does."""
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", prompt_dropout=0.999)
+    model = make("discrete", tiny_data, encoders, "vq", "vq", prompt_dropout=0.999)
     gen = batch["task"] == TASKS.index("generation")
     other = {**batch, "input_ids": batch["input_ids"].masked_fill(model.prompt_mask(batch["input_ids"]) & gen[:, None], 50)}
     losses = {}
@@ -311,31 +337,33 @@ def test_prompt_dropout_hides_generation_requests_in_training(tiny_data, encoder
         getattr(model, mode)()
         for name, b in (("same", batch), ("other", other)):
             torch.manual_seed(1)
-            losses[mode, name] = model.losses(b)["image"].item()
+            losses[mode, name] = model(b)["image"].item()
     assert losses["train", "same"] == pytest.approx(losses["train", "other"], abs=1e-6)
     assert losses["eval", "same"] != pytest.approx(losses["eval", "other"], abs=1e-6)
 
 
-@pytest.mark.parametrize("cls,enc", [(DiscreteVLM, "vq"), (RegressionVLM, "semantic"), (DiffusionVLM, "ae")], ids=["discrete", "regression", "diffusion"])
+@pytest.mark.parametrize("cls,enc", [("discrete", "vq"), ("regression", "semantic"), ("diffusion", "ae")], ids=["discrete", "regression", "diffusion"])
 def test_guidance(cls, enc, tiny_data, encoders, batch):
     """Guidance between identical states is plain sampling; guided generation runs end to end."""
-    model = make(cls, tiny_data, encoders, enc, enc, prompt_dropout=0.1, guidance_scale=3.0, image_temperature=1.0).eval()
+    options = {"temperature": 1.0} if cls == "discrete" else {}
+    model = make(cls, tiny_data, encoders, enc, enc, prompt_dropout=0.1, head_options=options).eval()
     wake_image_head(model)
     h = torch.randn(3, TINY_BACKBONE["dim"])
     plain, plain_idx = model.sample_image_token(h, torch.Generator().manual_seed(0))
-    guided, guided_idx = model.sample_guided_image_token(h, h, torch.Generator().manual_seed(0))
+    guided, guided_idx = model.sample_image_token(h, torch.Generator().manual_seed(0), h_uncond=h, guidance_scale=3.0)
     assert torch.allclose(plain, guided, atol=1e-5) and (plain_idx is None or torch.equal(plain_idx, guided_idx))
-    other, _ = model.sample_guided_image_token(h, torch.randn_like(h), torch.Generator().manual_seed(0))
+    other, _ = model.sample_image_token(h, torch.Generator().manual_seed(0), h_uncond=torch.randn_like(h), guidance_scale=3.0)
     assert not torch.allclose(plain, other, atol=1e-3)
     metas = [m for m in batch["meta"] if m["task"] == "generation"][:2]
-    images, _ = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    images, _ = generate_images(model, [prompt_for(model, m) for m in metas], max_new_tokens=3, generator=torch.Generator().manual_seed(0),
+                                guidance_scale=3.0)
     assert images.shape == (len(metas), 3, 32, 32) and torch.isfinite(images).all()
 
 
-@pytest.mark.parametrize("cls,enc", [(DiscreteVLM, "vq"), (DiffusionVLM, "ae")], ids=["discrete", "diffusion"])
+@pytest.mark.parametrize("cls,enc", [("discrete", "vq"), ("diffusion", "ae")], ids=["discrete", "diffusion"])
 def test_prompt_gain(cls, enc, tiny_data, encoders, batch):
     """Reproducible (the diffusion head's noise is replayed), and exactly 0 when the requests are already hidden."""
-    from lightning_vlm.architectures.evaluation import prompt_gain
+    from lightning_vlm.eval.evaluator import prompt_gain
 
     model = make(cls, tiny_data, encoders, enc, enc).eval()
     wake_image_head(model)
@@ -347,29 +375,29 @@ def test_prompt_gain(cls, enc, tiny_data, encoders, batch):
 
 
 def test_init_weights_starts_from_another_checkpoint(tiny_data, encoders, batch, tmp_path):
-    source = make(DiscreteVLM, tiny_data, encoders, "vq", "vq")
+    source = make_module("discrete", tiny_data, encoders, "vq", "vq")
     with torch.no_grad():
         for p in source.parameters():
             p.add_(0.1)
     path = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": source.state_dict()}, path)
 
-    model = make(DiscreteVLM, tiny_data, encoders, "vq", "vq", init_weights=str(path))
-    assert not torch.equal(model.backbone.blocks[0].attn.qkv.weight, source.backbone.blocks[0].attn.qkv.weight)
-    model.setup("fit")
-    for (name, mine), theirs in zip(model.state_dict().items(), source.state_dict().values()):
+    module = make_module("discrete", tiny_data, encoders, "vq", "vq", init_weights=str(path))
+    assert not torch.equal(module.model.backbone.blocks[0].attn.qkv.weight, source.model.backbone.blocks[0].attn.qkv.weight)
+    module.setup("fit")
+    for (name, mine), theirs in zip(module.state_dict().items(), source.state_dict().values()):
         assert torch.equal(mine, theirs), name
-    assert torch.allclose(model.losses(batch)["total"], source.losses(batch)["total"])
+    assert torch.allclose(module.model(batch)["total"], source.model(batch)["total"])
 
-    other = make(DiscreteVLM, tiny_data, encoders, "semantic", "vq", init_weights=str(path))
+    other = make_module("discrete", tiny_data, encoders, "semantic", "vq", init_weights=str(path))
     with pytest.raises(ValueError, match="does not fit this model"):
         other.setup("fit")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        make(DiscreteVLM, tiny_data, encoders, "vq", "vq", init_weights=str(tmp_path / "missing.ckpt")).setup("fit")
+        make_module("discrete", tiny_data, encoders, "vq", "vq", init_weights=str(tmp_path / "missing.ckpt")).setup("fit")
 
 
 def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tiny_data, encoders, batch):
-    model = make(DiffusionVLM, tiny_data, encoders, "ae", "ae", context_noise=0.5)
+    model = make("diffusion", tiny_data, encoders, "ae", "ae", context_noise=0.5)
     out = batch["image_out_mask"]
     model.eval()
     clean, targets = model.embed_batch(batch)
@@ -378,7 +406,7 @@ def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tin
     assert torch.equal(targets["features"], noisy_targets["features"])  # the targets stay clean
     assert torch.equal(clean[~out], noisy[~out])  # text and input images untouched
     assert not torch.allclose(clean[out], noisy[out])
-    plain = make(DiffusionVLM, tiny_data, encoders, "ae", "ae").train()
+    plain = make("diffusion", tiny_data, encoders, "ae", "ae").train()
     assert torch.equal(plain.embed_batch(batch)[0], clean)  # 0 = exact teacher forcing
     with pytest.raises(ValueError, match="context_noise"):
-        make(DiffusionVLM, tiny_data, encoders, "ae", "ae", context_noise=-1)
+        make("diffusion", tiny_data, encoders, "ae", "ae", context_noise=-1)

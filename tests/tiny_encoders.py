@@ -9,8 +9,8 @@ from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
 
 
-def export_tiny_encoders(folder: Path, image_size: int = 32, vocab_size: int = 1024) -> dict[str, Path]:
-    """vq, ae and semantic encoders giving (image_size / 8)**2 tokens each, exported to `folder`."""
+def tiny_encoders(image_size: int = 32, vocab_size: int = 1024) -> dict:
+    """Untrained vq, ae and semantic encoders giving (image_size / 8)**2 tokens each."""
     torch.manual_seed(0)
     small = dict(image_size=image_size, channels=(8, 8, 8), encoder_blocks=1, decoder_blocks=1, attention=False)
     encoders = {
@@ -20,7 +20,12 @@ def export_tiny_encoders(folder: Path, image_size: int = 32, vocab_size: int = 1
                                     text_width=16, text_depth=1, text_heads=2, embed_dim=8, decoder_channels=(8, 8, 8),
                                     decoder_blocks=1, decoder_attention=False),
     }
-    return {name: enc.export(Path(folder) / f"{name}.ckpt") for name, enc in encoders.items()}
+    return encoders
+
+
+def export_tiny_encoders(folder: Path, image_size: int = 32, vocab_size: int = 1024) -> dict[str, Path]:
+    """`tiny_encoders`, exported to `folder` as checkpoints."""
+    return {name: enc.export(Path(folder) / f"{name}.ckpt") for name, enc in tiny_encoders(image_size, vocab_size).items()}
 
 
 def export_tiny_reader(path: Path, image_size: int = 32) -> Path:

@@ -1,4 +1,4 @@
-"""Per-token diffusion head for continuous image tokens (MAR: Li et al. 2024, arXiv 2406.11838).
+"""The per-token denoiser of the diffusion head, for continuous image tokens (MAR: Li et al. 2024, arXiv 2406.11838).
 
 Instead of quantising image features, the backbone emits a condition z per image
 token and a small MLP denoiser models p(x | z) for that token's feature vector x.
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import draw
+from ..models.heads import draw
 
 
 def alphas_cumprod(schedule: str, steps: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ class AdaLNBlock(nn.Module):
         return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
 
 
-class DiffusionHead(nn.Module):
+class Denoiser(nn.Module):
     """MLP denoiser of one image token x [M, feat_dim] given its backbone state z [M, cond_dim].
 
     The condition of every block is timestep embedding + projected z (adaLN); the output

@@ -9,24 +9,26 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from .generate import generate_images, generate_text, prompt_for
+from ..models.generation import prompt_for
 
 
 @torch.no_grad()
-def predict_requests(model, requests: list[dict], max_new_tokens: int, generator=None) -> list[dict]:
-    """Runs PromptDataModule items: {"kind": "generate"|"answer", "text", ["image"]} -> results in order."""
+def predict_requests(model, requests: list[dict], settings, generator=None) -> list[dict]:
+    """Runs, with a `models.VLM` and `eval.evaluator.GenerationSettings`, PromptDataModule items: {"kind": "generate"|"answer", "text", ["image"]} -> results in order."""
     results: list[dict] = [{} for _ in requests]
     gen = [i for i, r in enumerate(requests) if r["kind"] == "generate"]
     if gen:
         prompts = [prompt_for(model, {"task": "generation", "conversations": [{"role": "user", "text": requests[i]["text"]}]}) for i in gen]
-        images, texts = generate_images(model, prompts, max_new_tokens, generator)
+        images, texts = model.generate_images(prompts, max_new_tokens=settings.max_new_tokens, generator=generator,
+                                              guidance_scale=settings.guidance_scale, temperature=settings.text_temperature)
         for j, i in enumerate(gen):
             results[i] = {"kind": "generate", "prompt": requests[i]["text"], "reply": texts[j], "image": images[j].cpu()}
     ask = [i for i, r in enumerate(requests) if r["kind"] == "answer"]
     if ask:
         prompts = [prompt_for(model, {"task": "vqa", "conversations": [{"role": "user", "text": requests[i]["text"]}]}) for i in ask]
         images = torch.stack([requests[i]["image"] for i in ask]).to(model.device)
-        outs = generate_text(model, prompts, images, max_new_tokens, generator=generator)
+        outs = model.generate_text(prompts, images, max_new_tokens=settings.max_new_tokens, generator=generator,
+                                   temperature=settings.text_temperature)
         for j, i in enumerate(ask):
             results[i] = {"kind": "answer", "question": requests[i]["text"], "image_path": requests[i]["path"],
                           "answer": model.tokenizer.decode(outs[j])}

@@ -1,4 +1,4 @@
-"""Inference for any UnifiedVLM: batched text answers and image generation with the KV cache.
+"""Inference for a VLM: batched text answers and image generation with the KV cache.
 
 Prompts are token-id lists (built by `prompt_for`), right-padded into one batch and
 prefilled once; then tokens are decoded one per step from the cache. Image generation
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tokenizer import ASSISTANT, BOI, EOT
-from ..models.heads import sample_logits
+from .heads import sample_logits
 
 
 def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:
@@ -41,7 +41,7 @@ def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int
     emb = model.text_embeddings(ids)
     rows = in_mask.any(1)
     if rows.any():
-        feats, _ = model.encode_images(model.input_encoder, images[rows])
+        feats, _ = model.encode_images("input", images[rows])
         emb = emb.masked_scatter(in_mask[..., None], model.embed_input_images(feats).to(emb.dtype))
     cache = model.backbone.new_cache(len(prompts), ids.shape[1] + extra)
     hidden = model.backbone(emb, attention_mask=attn, cache=cache)
@@ -52,11 +52,9 @@ def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int
 @torch.no_grad()
 def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None, max_new_tokens: int = 40,
                   stop: tuple[str, ...] = (EOT,), generator: torch.Generator | None = None,
-                  temperature: float | None = None) -> list[list[int]]:
+                  temperature: float = 0.0) -> list[list[int]]:
     """Continuation of each prompt until a stop token (included) or `max_new_tokens`: greedy at
-    temperature 0, else sampled (default: the model's `text_temperature`)."""
-    if temperature is None:
-        temperature = float(model.hparams.get("text_temperature", 0.0))
+    temperature 0, else sampled."""
     stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
     cache, last = _prefill(model, prompts, images, max_new_tokens)
     out = [[] for _ in prompts]
@@ -73,33 +71,33 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, generator: torch.Generator | None = None):
-    """Images [B, 3, H, W] in [0, 1] and the text the model wrote before each image."""
+def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, generator: torch.Generator | None = None,
+                    guidance_scale: float = 1.0, temperature: float = 0.0):
+    """Images [B, 3, H, W] in [0, 1] and the text the model wrote before each image (at text `temperature`)."""
     boi, eot = model.tokenizer.id(BOI), model.tokenizer.id(EOT)
-    texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT), generator=generator)
+    texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT), generator=generator, temperature=temperature)
     texts = [[t for t in text if t not in (boi, eot)] for text in texts]
     full = [{"input_ids": p["input_ids"] + t + [boi]} for p, t in zip(prompts, texts)]
-    feats, indices = image_tokens(model, full, generator)
-    images = model.output_encoder.decode(indices if indices is not None else feats)
-    return images.float().clamp(0, 1), [model.tokenizer.decode(t) for t in texts]
+    feats, indices = image_tokens(model, full, generator, guidance_scale)
+    return model.decode_images(feats, indices), [model.tokenizer.decode(t) for t in texts]
 
 
 @torch.no_grad()
-def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None = None):
+def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None = None, guidance_scale: float = 1.0):
     """The N output image tokens after each prefix (ending in <boi>): features [B, N, F], indices [B, N] or None.
 
     With `guidance_scale` != 1 the same prefixes with the request hidden run beside them in one
     batch (rows B..2B-1), and both halves are fed the guided token.
     """
     n, b = model.output_encoder.num_tokens, len(prefixes)
-    guided = float(getattr(model.hparams, "guidance_scale", 1.0)) != 1.0
+    guided = guidance_scale != 1.0
     if guided:
         prefixes = prefixes + [unconditional(model, p) for p in prefixes]
     cache, last = _prefill(model, prefixes, None, n)
     feats, indices = [], []
     for step in range(n):
         if guided:
-            f, idx = model.sample_guided_image_token(last[:b].float(), last[b:].float(), generator)
+            f, idx = model.sample_image_token(last[:b].float(), generator, h_uncond=last[b:].float(), guidance_scale=guidance_scale)
         else:
             f, idx = model.sample_image_token(last.float(), generator)  # [B, F], [B] or None
         feats.append(f)

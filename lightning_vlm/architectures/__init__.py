@@ -1,1 +1,0 @@
-"""Architectures: UnifiedVLM and its image-output plugins (discrete, regression, diffusion)."""

@@ -1,0 +1,49 @@
+"""`discrete`: the output image is a sequence of VQ code indices (the study's VQ output).
+
+Loss: cross-entropy over the output encoder's codebook at each image slot. A sampled
+index is fed back as its codebook vector, as the teacher-forced targets are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.heads import sample_logits
+from .base import ImageHead
+
+
+class DiscreteHead(ImageHead):
+    """Logits over the codebook of a discrete output encoder (the study uses image_loss_weight 0.2 with it).
+
+    Args:
+        temperature: sampling temperature of image tokens (0 = greedy).
+    """
+
+    discrete = True
+
+    def __init__(self, dim: int, encoder, temperature: float = 0.0):
+        super().__init__()
+        if encoder.codebook_size is None or not hasattr(encoder, "codes_from_indices"):
+            raise ValueError(f"the discrete head needs a discrete output encoder; {type(encoder).__name__} is continuous")
+        self.codes_from_indices = encoder.codes_from_indices  # a bound method: the encoder stays out of this module
+        self.temperature = temperature
+        self.proj = nn.Linear(dim, encoder.codebook_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)
+
+    def loss(self, h, features, indices):
+        logits = self(h)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), indices.reshape(-1))
+
+    def _codes(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codes_from_indices(idx[:, None])[:, 0].float(), idx
+
+    def sample(self, h, generator=None):
+        return self._codes(sample_logits(self(h).float(), self.temperature, generator))
+
+    def guided_sample(self, h, h_uncond, scale, generator=None):
+        cond, uncond = self(h).float(), self(h_uncond).float()
+        return self._codes(sample_logits(uncond + scale * (cond - uncond), self.temperature, generator))
