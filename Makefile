@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/smartwatch
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart curriculum test bench clean
 
 $(BIN)/lightning-vlm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,21 @@ quickstart: install
 	$(BIN)/lightning-vlm fit --config configs/smartwatch/quickstart.yaml
 	$(BIN)/lightning-vlm test --config configs/smartwatch/quickstart.yaml --ckpt_path runs/quickstart/last.ckpt
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs"
+
+# A curriculum: each stage overlay (configs/smartwatch/curriculum/) composed after the cell config,
+# each stage in runs/<cell>_<stage> and started from the previous stage's last.ckpt (docs/configs.md).
+#   make curriculum CELL=vq_vq                  (also semantic_semantic)
+#   make curriculum CELL=semantic_semantic STAGES="stage1 stage2 plan plan2"
+#   make curriculum CELL=diffusion_ae STAGES="stage1 diffusion_stage2 diffusion_stage3 diffusion_stage4"
+CELL ?= vq_vq
+STAGES ?= stage1 stage2 stage3
+curriculum: install
+	@prev=; for stage in $(STAGES); do \
+	  run=runs/$(CELL)_$${stage#diffusion_}; \
+	  $(BIN)/lightning-vlm fit --config configs/smartwatch/$(CELL).yaml --config configs/smartwatch/curriculum/$$stage.yaml \
+	    --trainer.default_root_dir $$run $${prev:+--model.init_args.init_weights $$prev} || exit 1; \
+	  prev=$$run/last.ckpt; \
+	done
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 
     python benchmarks/chance_levels.py [--reader runs/reader/best.ckpt] [--n 1000] [--seed 0]
 
-VQA (reference protocol, `eval.reference`): answers drawn uniformly from the world's values
+VQA (reference protocol, `smartwatch.reference`): answers drawn uniformly from the world's values
 for each question type, and the best constant answer per type, scored against uniform
 truths. Generation (`gen/*`): the attribute reader on images that carry no information
 about the request (blank canvas, uniform noise, a random other watch), scored against the
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import to_tensor
 
-from lightning_vlm.data.smartwatch.render import render_watch
-from lightning_vlm.data.smartwatch.tasks import answer_text
-from lightning_vlm.data.smartwatch.world import CORNERS, WEATHERS, sample_attributes
-from lightning_vlm.eval.reference import reference_score
-from lightning_vlm.eval.scoring import GROUPS, score_attributes
+from lightning_vlm.smartwatch.render import render_watch
+from lightning_vlm.smartwatch.tasks import answer_text
+from lightning_vlm.smartwatch.world import CORNERS, WEATHERS, sample_attributes
+from lightning_vlm.smartwatch.reference import reference_score
+from lightning_vlm.smartwatch.scoring import GROUPS, score_attributes
 
 
 def vqa_chance(rng: np.random.Generator, n: int) -> dict[str, tuple[float, float]]:
@@ -67,7 +67,7 @@ def main() -> None:
     print(f"VQA, reference rules ({args.n} draws per type): uniform random answer / best constant answer")
     for qtype, (rand, const) in vqa_chance(rng, args.n).items():
         print(f"  {qtype:<17} {rand:.3f} / {const:.3f}")
-    from lightning_vlm.eval.reader import AttributeReader
+    from lightning_vlm.smartwatch.reader import AttributeReader
 
     reader = AttributeReader.load(args.reader, map_location="cpu").eval()
     print(f"generation: the reader ({args.reader}) on uninformative images vs random requests ({args.n} each)")

@@ -27,10 +27,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_vlm.data.collate import collate
-from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest
-from lightning_vlm.data.smartwatch.config import load_config
-from lightning_vlm.data.smartwatch.writer import write_dataset
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.writer import write_dataset
 
 
 class FolderJsonDataset(Dataset):
@@ -97,7 +97,7 @@ def main() -> None:
         print(f"{n} samples ({args.image_size} px), batch {args.batch_size}, {cache}, torch threads {torch.get_num_threads()}")
         print(f"{'workers':>8} {'shards (samples/s)':>20} {'folder+json (samples/s)':>25} {'ratio':>7}")
         for w in args.workers:
-            dm = SmartWatchDataModule(str(tmp / "shards"), batch_size=args.batch_size, num_workers=w, eval_batch_size=args.batch_size)
+            dm = VLMDataModule(str(tmp / "shards"), batch_size=args.batch_size, num_workers=w, eval_batch_size=args.batch_size)
             folder = FolderJsonDataset(tmp / "folder", dm.builder)
             pad = dm.builder.pad
             ref_loader = DataLoader(folder, batch_size=args.batch_size, shuffle=True, num_workers=w,

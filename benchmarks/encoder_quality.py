@@ -20,8 +20,8 @@ import torchvision
 
 from lightning_vlm import registry
 from lightning_vlm.encoders.training import comparison_grid
-from lightning_vlm.eval.encoder_check import markdown_table, reconstruct, reconstruction_rows, split_images
-from lightning_vlm.eval.reader import AttributeReader
+from lightning_vlm.smartwatch.encoder_check import markdown_table, reconstruct, reconstruction_rows, split_images
+from lightning_vlm.smartwatch.reader import AttributeReader
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from lightning_vlm.models.generation import _pad, image_tokens, prompt_for  # no
 from lightning_vlm.models.vlm import VLM  # noqa: E402
 from lightning_vlm.training import UnifiedVLM  # noqa: E402
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest, task_shards  # noqa: E402
-from lightning_vlm.data.smartwatch.config import load_config  # noqa: E402
-from lightning_vlm.data.smartwatch.writer import write_dataset  # noqa: E402
+from lightning_vlm.smartwatch.config import load_config  # noqa: E402
+from lightning_vlm.smartwatch.writer import write_dataset  # noqa: E402
 from lightning_vlm.encoders.vq import VQEncoder  # noqa: E402
 from step_efficiency import cpu_model  # noqa: E402
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest, task_shards
 from lightning_vlm.encoders.base import load_encoder_checkpoint
-from lightning_vlm.eval.reader import AttributeReader
-from lightning_vlm.eval.scoring import mentioned_groups, score_attributes
+from lightning_vlm.smartwatch.reader import AttributeReader
+from lightning_vlm.smartwatch.scoring import mentioned_groups, score_attributes
 
 MATCHED = ("weather", "weather_position", "battery_position")
 
@@ -68,7 +68,7 @@ def main() -> None:
     encoder = load_encoder_checkpoint(header["checkpoint"]).eval()
     reader = AttributeReader.load(args.reader)
 
-    dm = SmartWatchDataModule(args.data, eval_tasks=["generation"], eval_batch_size=100_000, num_workers=0,
+    dm = VLMDataModule(args.data, eval_tasks=["generation"], eval_batch_size=100_000, num_workers=0,
                               image_tokens_in=header["num_tokens"], image_tokens_out=header["num_tokens"])
     dm.setup("test")
     metas = next(iter(dm.test_dataloader()))["meta"]

@@ -88,8 +88,8 @@ class ExportEncoder(pl.Callback):
                 logger.experiment.add_text("encoder/reconstruction_check", table, trainer.global_step)
 
     def check(self, encoder: ImageEncoder, data_dir: str) -> str:
-        from .eval.encoder_check import markdown_table, reconstruct, reconstruction_rows, split_images
-        from .eval.reader import AttributeReader
+        from .smartwatch.encoder_check import markdown_table, reconstruct, reconstruction_rows, split_images
+        from .smartwatch.reader import AttributeReader
 
         images, attrs = split_images(data_dir, self.check_split, self.check_images)
         was_training = encoder.training

@@ -1,7 +1,7 @@
 import pytest
 
-from lightning_vlm.data.smartwatch.config import load_config
-from lightning_vlm.data.smartwatch.writer import write_dataset
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.writer import write_dataset
 
 TINY = {
     "splits.train.images": 12,

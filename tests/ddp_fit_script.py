@@ -6,7 +6,7 @@ import sys
 import lightning.pytorch as pl
 import torch
 
-from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.datamodule import VLMDataModule
 
 
 class CountingModel(pl.LightningModule):
@@ -34,7 +34,7 @@ class CountingModel(pl.LightningModule):
 
 if __name__ == "__main__":
     faulthandler.dump_traceback_later(150, exit=True)  # a hang prints every thread's stack instead of timing out silently
-    dm = SmartWatchDataModule(sys.argv[1], batch_size=2, num_workers=2)
+    dm = VLMDataModule(sys.argv[1], batch_size=2, num_workers=2)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(CountingModel(), dm)

@@ -1,6 +1,5 @@
 """Every shipped VLM config runs fit + test through the CLI on tiny shapes; DDP; resume; plugins."""
 
-import inspect
 import json
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from lightning_vlm.architectures.base import UnifiedVLM
 from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
@@ -30,11 +28,11 @@ def overlay(tmp_path_factory, tiny_data):
             "trainer": {"accelerator": "cpu", **trainer},
             "model": {"init_args": {
                 "tokenizer_path": str(tiny_data / "tokenizer.json"), "input_encoder": str(enc[inp]),
-                "output_encoder": str(enc[out]), "reader": str(reader), "max_new_tokens": 4,
+                "output_encoder": str(enc[out]), "max_new_tokens": 4,
                 "backbone_overrides": {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64},
             }},
             "data": {"init_args": {"data_dir": str(tiny_data), "image_tokens_in": 16, "image_tokens_out": 16,
-                                   "batch_size": 4, "eval_batch_size": 15, "num_workers": 0}},
+                                   "batch_size": 4, "eval_batch_size": 15, "num_workers": 0, "reader": str(reader)}},
         }))
         return str(path)
 
@@ -55,7 +53,7 @@ def cli(*args, cwd):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
     layer = overlay(*encoders_of(config))
-    fast = ["--model.init_args.sampling_steps", "2"] if "diffusion" in config.stem else []
+    fast = ["--model.init_args.head_options", "{sampling_steps: 2}"] if "diffusion" in config.stem else []
     cli("fit", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "2", *fast, cwd=tmp_path)
     out = cli("test", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "1", *fast, cwd=tmp_path)
     metrics = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())
@@ -71,17 +69,12 @@ def test_data_presets_compose(overlay, tmp_path):
     assert "task_weights: generation_only" in out
 
 
-def test_plugin_architecture_runs_by_short_name(overlay, tmp_path):
+def test_plugin_head_runs_by_name(overlay, tmp_path):
+    """The out-of-tree flow head: listed by `lightning-vlm plugins`, picked by name in a config."""
     out = cli("plugins", cwd=tmp_path)
     assert "flow" in out and "lightning-vlm-flow" in out
-    config = tmp_path / "flow.yaml"
-    base = yaml.safe_load((ROOT / "configs/smartwatch/diffusion_ae.yaml").read_text())
-    shared = inspect.signature(UnifiedVLM.__init__).parameters  # the diffusion head's own options are not the plugin's
-    args = {k: v for k, v in base["model"]["init_args"].items() if k in shared}
-    assert "head_width" in base["model"]["init_args"] and "head_width" not in args
-    base["model"] = {"class_path": "FlowMatchingVLM", "init_args": {**args, "flow_steps": 2}}
-    config.write_text(yaml.safe_dump(base))
-    cli("fit", "--config", str(config), "--config", overlay("ae", "ae"), "--trainer.fast_dev_run", "2", cwd=tmp_path)
+    cli("fit", "--config", str(ROOT / "configs/smartwatch/diffusion_ae.yaml"), "--config", overlay("ae", "ae"),
+        "--model.init_args.head", "flow", "--model.init_args.head_options", "{steps: 2}", "--trainer.fast_dev_run", "2", cwd=tmp_path)
 
 
 def test_two_process_ddp_fit_and_test(overlay, tmp_path):
@@ -168,8 +161,9 @@ def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
 
 
 def test_probe_command_reads_a_fitted_checkpoint(overlay, tmp_path):
-    config = str(ROOT / "configs/smartwatch/semantic_vq.yaml")
-    cli("fit", "--config", config, "--config", overlay("semantic", "vq"), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    cli("fit", "--config", config, "--config", overlay("semantic", "vq"), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.default_root_dir", "runs/semantic_vq", cwd=tmp_path)
     out = cli("probe", "--ckpt", "runs/semantic_vq/last.ckpt", "--attribute", "weather_position", "--where", "encoder",
               "--train-samples", "60", "--test-samples", "30", cwd=tmp_path)
     (row,) = json.loads((tmp_path / "runs/semantic_vq/last.probe_encoder_flatten.json").read_text())
@@ -199,39 +193,15 @@ def test_sampling_settings_given_at_test_time_beat_the_checkpoint(overlay, tmp_p
     assert "guidance_scale=2.5" in out and "max_new_tokens=3" in out
 
 
-CURRICULA = sorted((ROOT / "configs/smartwatch/curriculum").glob("*_stage1.yaml"))
-
-
-@pytest.mark.parametrize("stage1", CURRICULA, ids=lambda p: p.stem.removesuffix("_stage1"))
-def test_each_curriculum_stage_starts_from_the_one_before(stage1, overlay, tmp_path):
-    cell = stage1.stem.removesuffix("_stage1")
-    config = str(ROOT / f"configs/smartwatch/{cell}.yaml")
-    stages = sorted(stage1.parent.glob(f"{cell}_stage*.yaml"))
-    assert len(stages) >= 2
-    layer = overlay(*encoders_of(ROOT / f"configs/smartwatch/{cell}.yaml"), limit_val_batches=0)
-    for n, stage in enumerate(stages, start=1):
-        out = cli("fit", "--config", config, "--config", str(stage), "--config", layer, "--trainer.max_steps", "2", cwd=tmp_path)
-        started_from = f"init_weights: started from the weights of runs/{cell}_stage{n - 1}/last.ckpt"
-        assert (started_from in out) if n > 1 else ("init_weights" not in out)
-        assert torch.load(tmp_path / f"runs/{cell}_stage{n}/last.ckpt", weights_only=False)["global_step"] == 2
-
-
-OVERLAYS = sorted((ROOT / "configs/smartwatch").glob("*/*.yaml"))
-
-
-@pytest.mark.parametrize("overlay_config", OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_overlay_configs_compose_with_the_cell_their_header_names(overlay_config, monkeypatch, capsys):
-    """Each preset / curriculum / study overlay documents a `lightning-vlm fit` command; it must parse."""
-    from lightning_vlm.cli import lightning_main
-
-    header = [line for line in overlay_config.read_text().splitlines() if line.startswith("#")]
-    commands = [line.split("lightning-vlm", 1)[1].split() for line in header if "lightning-vlm fit" in line]
-    if overlay_config.parent.name == "presets":  # composes with any cell
-        commands = [["fit", "--config", "configs/smartwatch/vq_vq.yaml", "--config", str(overlay_config.relative_to(ROOT))]]
-    assert commands, f"{overlay_config} documents no `lightning-vlm fit` command"
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["lightning-vlm"])
-    with pytest.raises(SystemExit) as done:  # --print_config prints, then exits 0
-        lightning_main([*commands[0], "--print_config"])
-    assert done.value.code in (0, None)
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"].startswith("lightning_vlm.")
+def test_each_curriculum_stage_starts_from_the_one_before(overlay, tmp_path):
+    """`make curriculum`'s chain: each stage overlay on the cell, started from the stage before's last.ckpt."""
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq", limit_val_batches=0)
+    previous = None
+    for n in (1, 2, 3):
+        start = ["--model.init_args.init_weights", previous] if previous else []
+        out = cli("fit", "--config", config, "--config", str(ROOT / f"configs/smartwatch/curriculum/stage{n}.yaml"), "--config", layer,
+                  "--trainer.default_root_dir", f"runs/vq_vq_stage{n}", "--trainer.max_steps", "2", *start, cwd=tmp_path)
+        assert (f"init_weights: started from the weights of {previous}" in out) if previous else ("init_weights" not in out)
+        previous = f"runs/vq_vq_stage{n}/last.ckpt"
+        assert torch.load(tmp_path / previous, weights_only=False)["global_step"] == 2

@@ -1,7 +1,5 @@
 """The DataModule: equal batches per rank, exact coverage, masks, and tolerance of bad data."""
 
-import io
-import json
 import shutil
 
 import lightning.pytorch as pl
@@ -12,14 +10,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lightning_vlm.data.collate import TASK_INDEX
-from lightning_vlm.data.datamodule import ShardStream, SmartWatchDataModule, resolve_task_samples
+from lightning_vlm.data.dataset import dataset_of
+from lightning_vlm.data.datamodule import VLMDataModule, resolve_task_samples
+from lightning_vlm.data.open_answers import OpenAnswerScorer
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest
-from lightning_vlm.eval.caption import score_caption
-from lightning_vlm.eval.scoring import QUESTION_TYPES
+from lightning_vlm.data.stream import ShardStream
+from lightning_vlm.smartwatch.caption import score_caption
+from lightning_vlm.smartwatch.dataset import SmartWatchDataset
+from lightning_vlm.smartwatch.scorer import SmartWatchScorer
+from lightning_vlm.smartwatch.scoring import QUESTION_TYPES
 
 
 def rank_batches(data_dir, rank, world, workers, train=True, batch_size=3, split="train", epoch=0, tasks=None):
-    dm = SmartWatchDataModule(str(data_dir), num_workers=workers, image_tokens_in=4, image_tokens_out=5)
+    dm = VLMDataModule(str(data_dir), num_workers=workers, image_tokens_in=4, image_tokens_out=5)
     sizes = dm.pool_sizes(split)
     ds = ShardStream(str(data_dir), split, tasks or sizes, dm.builder, batch_size, train, rank=rank, world_size=world, num_workers=workers)
     ds.set_epoch(epoch)
@@ -64,7 +67,7 @@ def test_more_slots_than_samples_still_balanced(tiny_data):
 
 
 def test_masks_follow_the_sequence_format(tiny_data):
-    dm = SmartWatchDataModule(str(tiny_data), batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
+    dm = VLMDataModule(str(tiny_data), batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
     batch = next(iter(dm.train_dataloader()))
     for i, meta in enumerate(batch["meta"]):
         n_in, n_out = int(batch["image_in_mask"][i].sum()), int(batch["image_out_mask"][i].sum())
@@ -81,8 +84,8 @@ def test_masks_follow_the_sequence_format(tiny_data):
 def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
     """The plan's clauses read back (with the caption scorer) as the image's own attributes; other tasks are untouched."""
     kwargs = dict(batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
-    plain = next(iter(SmartWatchDataModule(str(tiny_data), **kwargs).train_dataloader()))
-    planner = SmartWatchDataModule(str(tiny_data), generation_plan=True, **kwargs)
+    plain = next(iter(VLMDataModule(str(tiny_data), **kwargs).train_dataloader()))
+    planner = VLMDataModule(str(tiny_data), generation_plan=True, **kwargs)
     planned = next(iter(planner.train_dataloader()))
     assert plain["keys"] == planned["keys"]
     tasks = [m["task"] for m in planned["meta"]]
@@ -102,6 +105,27 @@ def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
         assert int(planned["image_out_mask"][i].sum()) == 5
 
 
+def test_the_manifest_names_the_dataset_plugin_and_its_scorer(tiny_data, tmp_path):
+    dm = VLMDataModule(str(tiny_data), num_workers=0)
+    assert isinstance(dm.dataset, SmartWatchDataset) and load_manifest(tiny_data)["dataset"] == "smartwatch"
+    scorer = dm.scorer()
+    assert isinstance(scorer, SmartWatchScorer) and scorer.reader is None  # no reader given: no image scores
+    assert isinstance(VLMDataModule(str(tiny_data), num_workers=0, dataset="llava").scorer(), OpenAnswerScorer)  # the data's name overridden
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; known datasets: .*llava, smartwatch"):
+        VLMDataModule(str(tiny_data), num_workers=0, dataset="nope")
+    with pytest.raises(ValueError, match="dataset class no_such_module:Toy cannot be imported"):
+        VLMDataModule(str(tiny_data), num_workers=0, dataset="no_such_module:Toy")
+    with pytest.raises(ValueError, match="'llava' has no generation plan"):
+        VLMDataModule(str(tiny_data), num_workers=0, dataset="llava", generation_plan=True)
+
+
+def test_manifests_written_before_dataset_plugins_still_name_their_dataset(tiny_data):
+    legacy = {k: v for k, v in load_manifest(tiny_data).items() if k != "dataset"}
+    assert dataset_of(legacy) == "smartwatch"  # its generator config
+    assert dataset_of({**legacy, "generator": "llava"}) == "llava"
+    assert dataset_of({"format_version": 1, "config": {"json": {}}, "splits": {}}) == "llava"
+
+
 def test_presets_and_weights():
     sizes = {"vqa": 100, "caption": 100, "generation": 50}
     assert resolve_task_samples("mixed", sizes, None) == sizes
@@ -113,7 +137,7 @@ def test_presets_and_weights():
 
 def test_missing_data_dir_fails_with_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="lightning-vlm data smartwatch"):
-        SmartWatchDataModule(str(tmp_path / "nowhere"))
+        VLMDataModule(str(tmp_path / "nowhere"))
 
 
 def damage(data_dir):
@@ -137,7 +161,7 @@ def test_bad_samples_are_skipped_counted_and_replaced(tiny_data, tmp_path, caplo
     assert len(results[0][1]) == len(results[1][1]) == len(results[0][0])  # still balanced
     skipped = sum(b["skipped"] for _, batches in results for b in batches)
     assert skipped >= 3  # png, json and the truncated tail (grouped samples may fail twice)
-    dm = SmartWatchDataModule(str(data), batch_size=3, num_workers=0)
+    dm = VLMDataModule(str(data), batch_size=3, num_workers=0)
     with caplog.at_level("WARNING", logger="lightning_vlm.data"):
         for batch in dm.train_dataloader():
             dm.on_before_batch_transfer(batch, 0)
@@ -163,7 +187,7 @@ class KeyRecorder(pl.LightningModule):
 
 
 def fit_keys(data_dir, workers, root, max_steps=-1, ckpt_path=None, save_every=None):
-    dm = SmartWatchDataModule(str(data_dir), batch_size=3, num_workers=workers, image_tokens_in=4, image_tokens_out=5)
+    dm = VLMDataModule(str(data_dir), batch_size=3, num_workers=workers, image_tokens_in=4, image_tokens_out=5)
     saver = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=-1, every_n_train_steps=save_every)] if save_every else []
     trainer = pl.Trainer(max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=bool(saver), callbacks=saver, default_root_dir=root)
@@ -194,20 +218,20 @@ def test_training_order_follows_the_global_seed(tiny_data, monkeypatch):
 
     def order(global_seed, seed=None):
         pl.seed_everything(global_seed, verbose=False)
-        dm = SmartWatchDataModule(str(tiny_data), batch_size=3, num_workers=0, image_tokens_in=4, image_tokens_out=5, seed=seed)
+        dm = VLMDataModule(str(tiny_data), batch_size=3, num_workers=0, image_tokens_in=4, image_tokens_out=5, seed=seed)
         return [k for b in dm.train_dataloader() for k in b["keys"]]
 
     assert order(1) == order(1)
     assert order(1) != order(2)
     assert order(1, seed=5) == order(2, seed=5)  # an explicit seed wins over the run's
     monkeypatch.delenv("PL_GLOBAL_SEED")
-    assert SmartWatchDataModule(str(tiny_data), num_workers=0).data_seed == 0  # no run seed at all
+    assert VLMDataModule(str(tiny_data), num_workers=0).data_seed == 0  # no run seed at all
 
 
 def test_length_buckets_keep_the_epoch_and_cut_padding(tiny_data):
     """Same samples and batch count per epoch; batches of similar lengths, so less padding."""
     def epoch(buckets):
-        dm = SmartWatchDataModule(str(tiny_data), batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16,
+        dm = VLMDataModule(str(tiny_data), batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16,
                                   length_buckets=buckets, seed=0)
         return list(dm.train_dataloader())
 

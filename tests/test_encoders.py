@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_vlm import registry
-from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tokenizer import TextTokenizer
 from lightning_vlm.encoders import ImageEncoder, load_encoder_checkpoint
 from lightning_vlm.encoders.ae import AEEncoder
@@ -107,7 +107,7 @@ def test_reconstruction_loss_goes_down(name):
 
 
 def caption_batch(data_dir, n: int = 8) -> tuple[dict, TextTokenizer]:
-    dm = SmartWatchDataModule(str(data_dir), task_weights={"caption": 1}, batch_size=n, num_workers=0)
+    dm = VLMDataModule(str(data_dir), task_weights={"caption": 1}, batch_size=n, num_workers=0)
     return next(iter(dm.train_dataloader())), dm.tokenizer
 
 
@@ -216,7 +216,7 @@ def test_lightning_fit_exports_a_loadable_checkpoint(tmp_path, tiny_data, name):
     """One epoch (3 steps) through the DataModule (32 px data), TensorBoard logging, export and the reader check."""
     at_32px = dict(channels=(8, 16, 16)) if name == "vq" else dict(patch_size=8, decoder_channels=(8, 16, 16))
     enc = tiny(name, image_size=32, **at_32px)
-    dm = SmartWatchDataModule(str(tiny_data), task_weights={"caption": 1}, eval_tasks=["caption"], batch_size=4, num_workers=0)
+    dm = VLMDataModule(str(tiny_data), task_weights={"caption": 1}, eval_tasks=["caption"], batch_size=4, num_workers=0)
     export = ExportEncoder(str(tmp_path / "enc.ckpt"), reader=str(export_tiny_reader(tmp_path / "reader.ckpt")), check_images=4)
     trainer = pl.Trainer(
         max_steps=3, accelerator="cpu", logger=pl.loggers.TensorBoardLogger(tmp_path / "tb"), enable_checkpointing=False,

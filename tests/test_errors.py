@@ -19,17 +19,18 @@ MAX_LINES = 5
 
 
 def tiny_overlay(folder: Path, data: Path, enc: dict, reader_ckpt: Path, **model) -> str:
-    """A config layered over a shipped cell: every part valid and tiny, unless `model` overrides it."""
+    """A config layered over a shipped cell: every part valid and tiny, unless `model` overrides it (`reader`: the data's)."""
+    reader_ckpt = model.pop("reader", reader_ckpt)
     path = folder / f"overlay-{len(list(folder.glob('overlay-*')))}.yaml"
     path.write_text(yaml.safe_dump({
         "trainer": {"accelerator": "cpu", "logger": False},
         "model": {"init_args": {
             "tokenizer_path": str(data / "tokenizer.json"), "input_encoder": str(enc["vq"]), "output_encoder": str(enc["vq"]),
-            "reader": str(reader_ckpt), "max_new_tokens": 4,
+            "max_new_tokens": 4,
             "backbone_overrides": {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64}, **model,
         }},
         "data": {"init_args": {"data_dir": str(data), "image_tokens_in": 16, "image_tokens_out": 16, "batch_size": 4,
-                               "eval_batch_size": 15, "num_workers": 0}},
+                               "eval_batch_size": 15, "num_workers": 0, "reader": str(reader_ckpt)}},
     }))
     return str(path)
 
@@ -57,9 +58,9 @@ def failures(tmp_path_factory, tiny_data):
                     str(gone / "vq.ckpt"), ["checkpoint path", "set by model.init_args.input_encoder"]),
         # The reader is opened when testing starts (UnifiedVLM.on_test_epoch_start): checked before anything is built.
         "reader": (["test", "--config", CELL, "--config", tiny_overlay(folder, tiny_data, enc, reader, reader=str(gone / "reader.ckpt"))],
-                   str(gone / "reader.ckpt"), ["configs/eval/reader.yaml", "model.init_args.reader: null"]),
+                   str(gone / "reader.ckpt"), ["configs/eval/reader.yaml", "data.init_args.reader: null"]),
         "cli_key": (["fit", "--config", CELL, "--config", fine, "--model.init_args.lrr", "0.1"],
-                    "model.init_args.lrr", ["did you mean 'model.init_args.lr'", "--model.help DiscreteVLM"]),
+                    "model.init_args.lrr", ["did you mean 'model.init_args.lr'", "--model.help UnifiedVLM"]),
         "yaml_key": (["fit", "--config", CELL, "--config", fine, "--config", str(typo)],
                      "data.init_args.bach_size", [str(typo), "did you mean 'data.init_args.batch_size'"]),
         "moved_class": (["fit", "--config", CELL, "--config", fine, "--config", str(moved)],
@@ -112,7 +113,7 @@ def test_explain_rebuilds_nested_keys():
         return exc
 
     exc = wrapped('Parser key "model":\n  Does not validate', "Problem with given class_path "
-                  "'lightning_vlm.data.datamodule.SmartWatchDataModule':\n  Option 'bach_size' is not accepted",
+                  "'lightning_vlm.data.datamodule.VLMDataModule':\n  Option 'bach_size' is not accepted",
                   "Option 'bach_size' is not accepted")
     lines, code = explain(exc, "lightning-vlm fit", [])
     assert code == 2 and "'model.init_args.bach_size'" in lines[0] and "did you mean 'model.init_args.batch_size'" in lines[0]

@@ -35,7 +35,7 @@ LAYERS = {
     "lightning_vlm.errors": 0, "lightning_vlm.registry": 0,
     "lightning_vlm.data": 1,
     "lightning_vlm.encoders": 2, "lightning_vlm.models": 2, "lightning_vlm.heads": 2,
-    "lightning_vlm.eval": 3,
+    "lightning_vlm.eval": 3, "lightning_vlm.smartwatch": 3,
     "lightning_vlm.training": 4,
     "lightning_vlm.export": 5, "lightning_vlm.callbacks": 5, "lightning_vlm.study": 5,
     "lightning_vlm.cli": 6, "lightning_vlm.__main__": 6, "lightning_vlm": 6,
@@ -155,7 +155,7 @@ def test_the_graph_sees_function_level_and_relative_imports():
     graph = import_graph()
     assert "lightning_vlm.models.generation" in graph["lightning_vlm.models.vlm"]  # `from . import generation`
     assert "lightning_vlm.registry" in graph["lightning_vlm.encoders.cache"]  # `from lightning_vlm import registry` in a function
-    assert "lightning_vlm.data.smartwatch.world" in graph["lightning_vlm.eval.caption"]  # `from ..data.smartwatch.world import`
+    assert "lightning_vlm.data.tasks" in graph["lightning_vlm.smartwatch.config"]  # `from ..data.tasks import`
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
 

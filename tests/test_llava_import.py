@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lightning_vlm.data.cli import data_main, summary
-from lightning_vlm.data.datamodule import SmartWatchDataModule
+from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.llava import import_llava
 from lightning_vlm.data.llava_rows import iter_json_rows
 from lightning_vlm.data.shards import load_manifest
@@ -108,7 +108,7 @@ def test_streaming_reader_matches_json_load_at_any_chunk_size(tmp_path):
 
 def test_import_writes_shards_and_counts_each_skip(imported):
     m = load_manifest(imported)
-    assert m["generator"] == "llava" and m["image_size"] == SIZE
+    assert m["dataset"] == "llava" and m["image_size"] == SIZE
     assert m["skipped"] == EXPECTED_SKIPS
     assert m["rows"] == {"caption": 5, "llava": 20}
     counts = {t: sum(m["splits"][s][t]["samples"] for s in m["splits"] if t in m["splits"][s]) for t in ("vqa", "generation")}
@@ -176,7 +176,7 @@ def test_cli_imports_and_summarises(inputs, tmp_path, capsys):
 
 
 def test_datamodule_builds_training_batches(imported):
-    dm = SmartWatchDataModule(str(imported), batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    dm = VLMDataModule(str(imported), batch_size=4, num_workers=0, image_tokens_in=16, image_tokens_out=16)
     batch = next(iter(dm.train_dataloader()))
     b, length = batch["input_ids"].shape
     assert b == 4 and batch["images"].shape == (4, 3, SIZE, SIZE)
@@ -191,23 +191,26 @@ def test_datamodule_builds_training_batches(imported):
 
 
 def test_a_tiny_model_fits_on_imported_data(imported, tmp_path):
-    """Fit, validation (with the TensorBoard grid and answers) and test (with the reader) run on imported rows:
-    open-ended answers have no typed score, so only the generation metrics that need no world attributes appear."""
+    """Fit, validation (with the TensorBoard grid and answers) and test run on imported rows: the manifest
+    names the llava dataset, whose scorer gives open-answer scores and no smart-watch ones."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_vlm.architectures.discrete import DiscreteVLM
-    from tiny_encoders import export_tiny_encoders, export_tiny_reader
+    from lightning_vlm.data.open_answers import OpenAnswerScorer
+    from lightning_vlm.training import UnifiedVLM
+    from tiny_encoders import export_tiny_encoders
 
     enc = export_tiny_encoders(tmp_path, image_size=SIZE)
     torch.manual_seed(0)
     tiny = {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64}
-    model = DiscreteVLM(tokenizer_path=str(imported / "tokenizer.json"), input_encoder=str(enc["vq"]), output_encoder=str(enc["vq"]),
-                        backbone="tiny", backbone_overrides=tiny, max_new_tokens=4, reader=str(export_tiny_reader(tmp_path / "reader.ckpt")))
-    dm = SmartWatchDataModule(str(imported), batch_size=2, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    model = UnifiedVLM(tokenizer_path=str(imported / "tokenizer.json"), input_encoder=str(enc["vq"]), output_encoder=str(enc["vq"]),
+                       backbone="tiny", backbone_overrides=tiny, max_new_tokens=4)
+    dm = VLMDataModule(str(imported), batch_size=2, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    assert isinstance(dm.scorer(), OpenAnswerScorer)
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=2, val_check_interval=2, num_sanity_val_steps=0, logger=TensorBoardLogger(tmp_path),
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, dm)
     assert trainer.global_step == 2 and "val/loss/total" in trainer.callback_metrics
     metrics = trainer.test(model, dm, verbose=False)[0]
-    assert "test/gen/prompt_gain" in metrics and not any(k.startswith("test/vqa/") for k in metrics)
+    assert "test/gen/prompt_gain" in metrics and "test/open/exact" in metrics
+    assert not any(k.startswith(("test/vqa/", "test/caption/")) for k in metrics)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_vlm.data.smartwatch.world import DOMAINS
+from lightning_vlm.smartwatch.world import DOMAINS
 from lightning_vlm.eval.fd import ReaderDistances
-from lightning_vlm.eval.reader import HEADS, AttributeReader
-from lightning_vlm.eval.render_data import EpochShiftSampler, RenderedWatchDataModule, RenderedWatches
+from lightning_vlm.smartwatch.reader import HEADS, AttributeReader
+from lightning_vlm.smartwatch.render_data import EpochShiftSampler, RenderedWatchDataModule, RenderedWatches
 
 SIZE = 32
 

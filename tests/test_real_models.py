@@ -17,7 +17,7 @@ from lightning_vlm.data.datamodule import VLMDataModule  # noqa: E402
 from lightning_vlm.data.hf_tokenizer import HFTokenizer, load_tokenizer  # noqa: E402
 from lightning_vlm.data.llava import import_llava  # noqa: E402
 from lightning_vlm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer  # noqa: E402
-from lightning_vlm.eval.open_answers import (  # noqa: E402
+from lightning_vlm.data.open_answers import (  # noqa: E402
     is_open_vqa, normalize_answer, open_answer_scores, prediction_record, score_open_answer, write_predictions,
 )
 from lightning_vlm.models.hf_backbone import HFBackbone, hf_backbone_options, lora_settings  # noqa: E402
@@ -238,7 +238,8 @@ def test_open_answer_scores_and_answers_file(world, tmp_path):
 def test_real_configs_parse(name, capsys):
     """`fit --print_config` parses each preset (placeholder model paths: nothing is instantiated)."""
     with pytest.raises(SystemExit) as done:
-        cli_main(["fit", "--config", str(ROOT / "configs/real" / f"{name}.yaml"), "--print_config"])
+        layers = ["single_gpu"] + ([name] if name != "single_gpu" else [])  # ddp and fsdp are overlays on single_gpu
+        cli_main(["fit", *[a for layer in layers for a in ("--config", str(ROOT / "configs/real" / f"{layer}.yaml"))], "--print_config"])
     assert done.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "backbone: hf:/models/" in printed and "tokenizer: hf:/models/" in printed and "lora:" in printed

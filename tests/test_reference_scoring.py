@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_vlm.eval.reference import reference_score, reference_type
+from lightning_vlm.smartwatch.reference import reference_score, reference_type
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import numpy as np
 
-from lightning_vlm.data.smartwatch.render import FACE_RADIUS, WEATHER_BOX, corner_box, render_watch
-from lightning_vlm.data.smartwatch.world import CORNERS, WatchAttributes
+from lightning_vlm.smartwatch.render import FACE_RADIUS, WEATHER_BOX, corner_box, render_watch
+from lightning_vlm.smartwatch.world import CORNERS, WatchAttributes
 
 FACE = (30, 60, 120)
 
@@ -71,7 +71,7 @@ def hand_failures(img, attrs, size):
     must be hand-white, while the same radii in the opposite direction show the face colour: a
     blank canvas, or a face without hands, has no such contrast.
     """
-    from lightning_vlm.data.smartwatch.render import HANDS, hand_angles
+    from lightning_vlm.smartwatch.render import HANDS, hand_angles
 
     c, r = size / 2, FACE_RADIUS * size
     failures = []
@@ -92,7 +92,7 @@ def hand_failures(img, attrs, size):
 
 
 def test_hands_survive_at_64px_and_scale_to_256(monkeypatch):
-    from lightning_vlm.data.smartwatch import render
+    from lightning_vlm.smartwatch import render
 
     attrs = watch(hour=8, minute=0, second=20)  # hands at 240, 0 and 120 degrees: none opposite another
     for size in (64, 256):

@@ -5,11 +5,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lightning_vlm.data.smartwatch.tasks import (
+from lightning_vlm.smartwatch.tasks import (
     OPTIONAL_CLAUSES, caption_conversation, generation_conversation, vqa_conversation,
 )
-from lightning_vlm.data.smartwatch.templates import CLAUSES, QUESTIONS
-from lightning_vlm.data.smartwatch.world import sample_attributes, validate_constraints
+from lightning_vlm.smartwatch.templates import CLAUSES, QUESTIONS
+from lightning_vlm.smartwatch.world import sample_attributes, validate_constraints
 
 N = 6000
 TYPES = list(QUESTIONS)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_vlm.eval.scoring import (
+from lightning_vlm.smartwatch.scoring import (
     battery_score,
     corner_filled,
     mentioned_groups,

@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import tiny_config
 from lightning_vlm.data.shards import decode_sample, iter_raw_samples, load_manifest
-from lightning_vlm.data.smartwatch.config import load_config
-from lightning_vlm.data.smartwatch.render import render_watch
-from lightning_vlm.data.smartwatch.world import WatchAttributes
-from lightning_vlm.data.smartwatch.writer import write_dataset
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.render import render_watch
+from lightning_vlm.smartwatch.world import WatchAttributes
+from lightning_vlm.smartwatch.writer import write_dataset
 from lightning_vlm.data.tokenizer import TextTokenizer
 
 

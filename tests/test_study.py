@@ -74,11 +74,28 @@ def test_regimes_match_task_samples_or_steps():
     ({"axes": {"cell": ["vq_vq"], "temperature": [1]}}, "unknown axis 'temperature'"),
     ({"cells": {"x": ["configs/missing.yaml"]}, "axes": {"cell": ["x"]}}, "config file configs/missing.yaml not found"),
     ({"scale": "gpu"}, "scale 'gpu' has no entry"),
+    ({"cells": {"x": {"configs": ["configs/smartwatch/vq_vq.yaml"], "flags": {}}}, "axes": {"cell": ["x"]}}, "cells.x: unknown key 'flags'"),
 ])
 def test_spec_errors_are_one_line(change, message):
     with pytest.raises(SpecError) as err:
         parse_spec({**micro(VQ), **change}, root=ROOT)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_cell_is_an_overlay_plus_overrides(tmp_path):
+    """`semantic_vq` is vq_vq.yaml reading the semantic encoder: its override follows the configs, before
+    the run's own flags, in fit and evaluation alike; the logger and checkpoints go to the run folder."""
+    cells = {"semantic_vq": {"configs": ["configs/smartwatch/vq_vq.yaml"], "overrides": {"model.init_args.input_encoder": "semantic"}}}
+    spec = parse_spec(micro(cells), root=ROOT)
+    commands = run_commands(spec, expand(spec)[0], tmp_path, ROOT)
+    for cmd in (commands.fit, commands.evals[0][2]):
+        at = cmd.index("--model.init_args.input_encoder")
+        assert cmd[at + 1] == "semantic" and cmd[at - 1] == "configs/smartwatch/vq_vq.yaml"
+    fit, run_dir = commands.fit, str(commands.dir.path)
+    assert fit[fit.index("--trainer.logger.init_args.save_dir") + 1] == run_dir
+    callbacks = yaml.safe_load(fit[fit.index("--trainer.callbacks") + 1])
+    assert [c["class_path"].rpartition(".")[2] for c in callbacks] == ["ModelCheckpoint", "LearningRateMonitor", "FractionCheckpoint"]
+    assert callbacks[0]["init_args"]["dirpath"] == run_dir and callbacks[0]["init_args"]["save_last"]  # the defaults file's, moved
 
 
 def test_shard_argument():
@@ -236,9 +253,9 @@ def test_micro_study_runs_and_reports_through_the_cli(tmp_path, tiny_data):
     overlay = tmp_path / "tiny.yaml"
     overlay.write_text(yaml.safe_dump({
         "model": {"init_args": {"tokenizer_path": str(tiny_data / "tokenizer.json"), "input_encoder": str(enc["vq"]),
-                                "output_encoder": str(enc["vq"]), "reader": str(reader), "max_new_tokens": 4,
+                                "output_encoder": str(enc["vq"]), "max_new_tokens": 4,
                                 "backbone_overrides": {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64}}},
-        "data": {"init_args": {"data_dir": str(tiny_data), "image_tokens_in": 16, "image_tokens_out": 16, "batch_size": 4,
+        "data": {"init_args": {"data_dir": str(tiny_data), "reader": str(reader), "image_tokens_in": 16, "image_tokens_out": 16, "batch_size": 4,
                                "eval_batch_size": 15, "num_workers": 0}},
     }))
     spec = micro({"tiny": [str(ROOT / "configs/smartwatch/vq_vq.yaml"), str(overlay)]}, fractions=[1.0],

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from lightning_vlm.data.smartwatch.config import load_config
-from lightning_vlm.data.smartwatch.writer import write_dataset
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.writer import write_dataset
 from lightning_vlm.encoders.ae import AEEncoder
 from lightning_vlm.encoders.cache import TokenCache, checkpoint_sha256, encode_main, iter_split_images
 from lightning_vlm.encoders.vq import VQEncoder

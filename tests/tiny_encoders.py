@@ -32,7 +32,7 @@ def export_tiny_reader(path: Path, image_size: int = 32) -> Path:
     """An untrained attribute reader in Lightning's checkpoint format (exercises the scoring path)."""
     import lightning
 
-    from lightning_vlm.eval.reader import AttributeReader
+    from lightning_vlm.smartwatch.reader import AttributeReader
 
     reader = AttributeReader(image_size=image_size, widths=(8, 8), blocks=1, feature_dim=16)
     torch.save({"state_dict": reader.state_dict(), "hyper_parameters": dict(reader.hparams),

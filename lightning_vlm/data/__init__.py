@@ -1,1 +1,1 @@
-"""Data: the smart-watch generator, shards, tokenizer, sequence building and the DataModule."""
+"""Data for any dataset: the dataset interface and plugins' registry, shards, tokenizer, sequence building and the DataModule."""

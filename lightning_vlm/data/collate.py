@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .smartwatch.tasks import TASKS
+from .tasks import TASKS
 from .tokenizer import ASSISTANT, BOI, BOS, EOI, EOT, IMAGE, PAD, USER, TextTokenizer
 
 TASK_INDEX = {t: i for i, t in enumerate(TASKS)}
@@ -75,10 +75,9 @@ class SequenceBuilder:
         return {"input_ids": ids, "loss_mask": loss, "image_in_mask": img_in, "image_out_mask": img_out}
 
 
-def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+def collate(samples: list[dict], pad_id: int) -> dict:
     """Pads encoded samples (dicts from `SequenceBuilder.encode` plus image/meta) into a batch."""
-    longest = max(len(s["input_ids"]) for s in samples)
-    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    length = max(len(s["input_ids"]) for s in samples)
     b = len(samples)
     input_ids = np.full((b, length), pad_id, dtype=np.int64)
     masks = {name: np.zeros((b, length), dtype=bool) for name in MASKS}

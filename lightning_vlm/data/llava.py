@@ -2,9 +2,9 @@
 
 Input: a JSON array or JSON Lines file of `{"id", "image" (optional), "conversations":
 [{"from": "human"|"gpt", "value"}]}` rows, read as a stream (see `llava_rows`), plus an
-optional captions file of `{"image", "caption"}` rows. Output: the same folder layout as
-`lightning-vlm data smartwatch`: `{split}/{task}-{index:06d}.tar`,
-`manifest.json` and a `tokenizer.json` trained on the imported train text.
+optional captions file of `{"image", "caption"}` rows. Output: the shard format of
+`data.shards`: `{split}/{task}-{index:06d}.tar`, `manifest.json` (dataset `llava`, read by
+`llava_dataset.LlavaDataset`) and a `tokenizer.json` trained on the imported train text.
 
 - Conversations become task "vqa" (understanding: the image sits in the first user turn),
   captions become task "generation" (request, acknowledgement, then the image).
@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -34,13 +33,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
-import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from .dataset import dataset_of
 from .llava_rows import SkipRow, caption_meta, conversation_meta, iter_json_rows
-from .shards import iter_raw_samples, manifest_splits
-from .smartwatch.config import FORMAT_VERSION
+from .shard_writer import ShardSink, manifest, turns_histogram, write_manifest
+from .shards import iter_raw_samples
 from .tokenizer import train_tokenizer
 
 log = logging.getLogger("lightning_vlm.data")
@@ -126,42 +125,9 @@ def process_row(item: tuple, images: str, opts: ImportOptions) -> tuple:
     return ("ok", split, meta["task"], f"{source}-{index:09d}", png, meta)
 
 
-# ---- shards ------------------------------------------------------------------------------
-class ShardSink:
-    """Writes samples, in arrival order, into `{split}/{task}-{index:06d}.tar` of `per_shard` samples each."""
-
-    def __init__(self, out: Path, per_shard: int):
-        self.out, self.per_shard = out, per_shard
-        self.open: dict[tuple[str, str], dict] = {}
-        self.done: dict[str, dict] = {}
-        self.count: Counter = Counter()
-
-    def add(self, split: str, task: str, key: str, png: bytes, meta: dict) -> None:
-        cur = self.open.get((split, task))
-        if cur is None:
-            name = f"{split}/{task}-{self.count[split, task]:06d}.tar"
-            self.count[split, task] += 1
-            tmp = self.out / f"{name}.tmp"
-            cur = self.open[split, task] = {"name": name, "tmp": tmp, "samples": 0, "turns": Counter(), "text_only": Counter(),
-                                            "sink": wds.TarWriter(str(tmp), encoder=False, mtime=0)}
-        cur["sink"].write({"__key__": key, "png": png, "json": json.dumps(meta, sort_keys=True).encode()})
-        cur["samples"] += 1
-        cur["turns"][str(sum(t["role"] == "assistant" for t in meta["conversations"]))] += 1
-        cur["text_only"][str(meta["text_only"]).lower()] += 1
-        if cur["samples"] == self.per_shard:
-            self._close(split, task)
-
-    def _close(self, split: str, task: str) -> None:
-        cur = self.open.pop((split, task))
-        cur["sink"].close()
-        os.replace(cur["tmp"], self.out / cur["name"])  # never a half-written shard under the final name
-        self.done[cur["name"]] = {"split": split, "task": task, "samples": cur["samples"],
-                                  "histograms": {"turns": cur["turns"], "text_only": cur["text_only"]}}
-
-    def close(self) -> dict[str, dict]:
-        for key in list(self.open):
-            self._close(*key)
-        return self.done
+def llava_histogram(meta: dict) -> dict[str, str]:
+    """Per-sample histogram keys of imported data: assistant turns and whether the row had an image."""
+    return {**turns_histogram(meta), "text_only": str(meta["text_only"]).lower()}
 
 
 # ---- the import --------------------------------------------------------------------------
@@ -187,9 +153,9 @@ def _prepare_out(out: Path, config: dict, overwrite: bool) -> None:
             old = json.loads(manifest.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        same = old.get("generator") == "llava" and old.get("config") == config
+        same = old.get("format_version") is not None and dataset_of(old) == "llava" and old.get("config") == config
         if not same and not overwrite:
-            raise FileExistsError(f"{out} already holds a different dataset ({old.get('generator', 'unknown')}); "
+            raise FileExistsError(f"{out} already holds a different dataset ({dataset_of(old) if old else 'unknown'}); "
                                   "pass --overwrite to replace it or choose another --out")
         manifest.unlink()  # no manifest while shards are rewritten: an interrupted run is never mistaken for a dataset
     elif out.is_dir() and not overwrite and not all(_ours(p) for p in out.iterdir()):
@@ -236,7 +202,7 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
               "captions": {"name": captions.name, "sha256": file_sha256(captions)} if captions else None, **asdict(opts)}
     _prepare_out(out, config, overwrite)
 
-    sink, skipped, rows = ShardSink(out, opts.samples_per_shard), Counter(), Counter()
+    sink, skipped, rows = ShardSink(out, opts.samples_per_shard, llava_histogram), Counter(), Counter()
     work = partial(process_row, images=str(images), opts=opts)
     workers = max(1, int(workers or 1))
     pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) if workers > 1 else None
@@ -262,22 +228,7 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
     if not any(r["split"] == "train" for r in shards.values()):
         raise ValueError(f"no row of {json_path} made a train sample (skipped: {dict(skipped)}); check the input and --images")
     train_tokenizer(_train_texts(out, shards), opts.vocab_size).save(str(out / "tokenizer.json"))
-    manifest = _manifest(config, shards, skipped, rows)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return manifest
-
-
-def _manifest(config: dict, shards: dict[str, dict], skipped: Counter, rows: Counter) -> dict:
-    splits = manifest_splits(shards)
-    return {
-        "format_version": FORMAT_VERSION,
-        "generator": "llava",
-        "seed": 0,  # nothing is random: splits and templates come from hashes
-        "image_size": config["image_size"],
-        "share_images": False,
-        "config": config,
-        "tokenizer": "tokenizer.json",
-        "splits": splits,
-        "rows": dict(sorted(rows.items())),
-        "skipped": dict(sorted(skipped.items())),
-    }
+    content = manifest("llava", config["image_size"], shards, seed=0, share_images=False, config=config,  # seed: nothing is random
+                       rows=dict(sorted(rows.items())), skipped=dict(sorted(skipped.items())))
+    write_manifest(out, content)
+    return content

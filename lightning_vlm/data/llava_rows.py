@@ -6,7 +6,7 @@ flat however large the file. A syntax error inside one array element skips that 
 only: a bracket/quote scanner finds where it ends and reading goes on after it.
 
 `conversation_meta` and `caption_meta` turn a row into the json of one shard sample (the
-smart-watch writer's format: task, conversations, attributes, image id) or raise
+shard format of `data.shards`: task, conversations, image id, source id) or raise
 `SkipRow(reason, message)`; they touch no file.
 """
 

@@ -1,5 +1,9 @@
 """Reading our WebDataset shards: manifest, shard lists and tolerant sample decoding.
 
+The format is the same for every dataset: `{split}/{task}-{index:06d}.tar` holding one
+PNG and one JSON (task, conversations, dataset-specific fields) per sample, a
+`manifest.json` (format version, dataset name, image size, splits) and a tokenizer.
+
 A bad sample (corrupt PNG, malformed JSON, a truncated tar) never stops a run: it is
 skipped, logged as one warning line and counted by the caller.
 """
@@ -18,9 +22,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from .smartwatch.config import FORMAT_VERSION
 
 log = logging.getLogger("lightning_vlm.data")
+FORMAT_VERSION = 1  # of the shard layout and manifest that every dataset writer produces
 
 
 def load_manifest(data_dir: str | Path) -> dict:

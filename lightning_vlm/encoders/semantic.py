@@ -13,11 +13,10 @@ generates can be turned into images. One fit, one checkpoint.
 
 `recon_weight` > 0 also trains the pixel decoder during phase 1, with its loss flowing
 into the ViT (as TULIP adds reconstruction to SigLIP to keep fine detail). Without it
-the patch features lost the watch: after 1,100 contrastive + captioning steps on 2 CPU
-cores (still near chance on the contrastive task) decoded weather icons scored 0.32-0.36
-by the reader, while the features of an untrained ViT decode to weather and corners
-1.00 (400 decoder-only steps). Reconstruction keeps the tokens decodable while the
-contrastive and captioning losses shape them.
+the patch features lost the watch: after contrastive + captioning training, decoded weather
+icons scored at chance by the reader, while the features of an untrained ViT decode well
+(benchmarks/RESULTS.md, "Encoders (stage 0)"). Reconstruction keeps the tokens decodable
+while the contrastive and captioning losses shape them.
 
 Captions come from the caption samples of a batch (the assistant turn), tokenised with
 the DataModule's tokenizer; train it with `task_weights: {caption: 1}`.
@@ -65,10 +64,10 @@ def embedding_head(width: int, embed_dim: int) -> nn.Sequential:
     """Linear map to the shared space, then BatchNorm without affine parameters.
 
     From scratch every image (and every caption) embeds to nearly the same direction
-    (cosine ~0.99: shared biases dominate content), and the coupled contrastive problem
-    sits on its chance plateau for thousands of steps. Centring and scaling each
-    dimension over the batch makes the embeddings differ from the first step; on 8
-    image-caption pairs the towers then pair them up in ~20 steps instead of ~300.
+    (shared biases dominate content), and the coupled contrastive problem sits on its
+    chance plateau for thousands of steps. Centring and scaling each dimension over the
+    batch makes the embeddings differ from the first step, and the towers pair images with
+    captions far sooner (benchmarks/RESULTS.md, "Encoders (stage 0)").
     """
     return nn.Sequential(nn.Linear(width, embed_dim), nn.BatchNorm1d(embed_dim, affine=False))
 
@@ -136,9 +135,9 @@ class SemanticEncoder(ImageEncoder):
         # image tower
         self.patch_embed = make_conv_stem(patch_size, width) if conv_stem else nn.Conv2d(3, width, patch_size, stride=patch_size)
         # Patch tokens enter the residual stream at unit scale. A default-initialised conv stem
-        # gives ~0.04, and six blocks of (near-uniform) attention then added the same vector to
-        # every token: the final tokens of one image were identical (std across tokens 0.0035),
-        # so the pixel decoder could not place anything and drew an average watch.
+        # gives a far smaller scale, and six blocks of (near-uniform) attention then added the same
+        # vector to every token: the final tokens of one image were nearly identical (RESULTS.md,
+        # "Encoders (stage 0)"), so the pixel decoder could not place anything and drew an average watch.
         self.patch_norm = nn.LayerNorm(width)
         self.pos_embed = nn.Parameter(torch.randn(1, self.side * self.side, width) * 0.02)
         self.vit = Transformer(width, depth, heads)
@@ -201,7 +200,7 @@ class SemanticEncoder(ImageEncoder):
     def caption_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, ids, mask) of the batch's real caption samples; captions are cut to max_text_len tokens."""
         if self.tokenizer is None:
-            raise RuntimeError("the semantic encoder trains with a DataModule that has a `tokenizer` (SmartWatchDataModule)")
+            raise RuntimeError("the semantic encoder trains with a DataModule that has a `tokenizer` (VLMDataModule)")
         keep = [i for i, m in enumerate(batch["meta"]) if m["task"] == "caption" and not bool(batch["is_padding"][i])]
         if not keep:
             raise ValueError("the semantic encoder trains on caption samples: set the data's task_weights to {caption: 1}")

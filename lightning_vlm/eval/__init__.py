@@ -1,5 +1,1 @@
-"""Evaluation tools: the study's scoring formulas, the attribute reader and reader-feature distances."""
-
-from .scoring import battery_score, score_answer, time_score
-
-__all__ = ["battery_score", "score_answer", "time_score"]
+"""Generic evaluation: the test-time evaluator over a dataset's scorer and reader-feature distances (FD/KID)."""

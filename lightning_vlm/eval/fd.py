@@ -1,9 +1,9 @@
-"""FD-reader and KID-reader: Fréchet and kernel distances in the attribute reader's feature space.
+"""FD-reader and KID-reader: Fréchet and kernel distances in a dataset reader's feature space.
 
 torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance` take any `nn.Module`
-as `feature`; we pass the reader's penultimate features, so nothing is downloaded and the
-numbers measure what the study cares about (legible watch attributes). They are *not* FID
-or KID and must not be reported as such.
+as `feature`; we pass a reader's penultimate features (e.g. the smart watch's attribute
+reader), so nothing is downloaded and the numbers measure what the dataset cares about
+(legible attributes). They are *not* FID or KID and must not be reported as such.
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from .reader import AttributeReader
 
 
 class ReaderFeatures(nn.Module):
-    """The reader's `features` as a torchmetrics feature extractor: [N, 3, H, W] -> [N, D] float.
+    """A reader's `features` as a torchmetrics feature extractor: [N, 3, H, W] -> [N, D] float.
+
+    A reader is any module with `features(images) -> [N, feature_dim]` and a `feature_dim`.
 
     The metrics are built with `normalize=True`, which for a custom extractor means they pass
     float images in [0, 1] through untouched; uint8 images are accepted too and rescaled.
     `num_features` spares torchmetrics its dummy forward pass. The reader stays in eval mode.
     """
 
-    def __init__(self, reader: AttributeReader):
+    def __init__(self, reader: nn.Module):
         super().__init__()
         self.reader = reader.eval()
         self.num_features = reader.feature_dim
@@ -51,7 +52,7 @@ class ReaderDistances(nn.Module):
     still differ, so the reported std stays meaningful.
     """
 
-    def __init__(self, reader: AttributeReader, kid_subsets: int = 100, kid_subset_size: int = 1000):
+    def __init__(self, reader: nn.Module, kid_subsets: int = 100, kid_subset_size: int = 1000):
         super().__init__()
         features = ReaderFeatures(reader)
         self.fd = FrechetInceptionDistance(feature=features, normalize=True)

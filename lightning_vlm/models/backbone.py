@@ -141,9 +141,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix units).
 
-    Without them, CPU attention kernels run slower in bf16 than in fp32 (benchmarks/attention.py:
-    the flash kernel, forward + backward at the tiny preset's shapes, is 1.1-2.3x faster in fp32
-    on an AMD EPYC with AVX-512 BF16), so bf16 attention inputs are upcast there.
+    Without them, CPU attention kernels run slower in bf16 than in fp32 (`benchmarks/attention.py`;
+    benchmarks/RESULTS.md, "Speed"), so bf16 attention inputs are upcast there.
     """
     try:
         with open("/proc/cpuinfo") as f:

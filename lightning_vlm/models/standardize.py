@@ -1,7 +1,8 @@
 """Per-dimension standardisation of encoder features with running statistics.
 
-Why: an encoder's tokens can share one large mean direction (our semantic encoder: 91 % of
-each token's energy), which leaves what tells images apart a small ripple on a constant.
+Why: an encoder's tokens can share one large mean direction (our semantic encoder's do:
+benchmarks/RESULTS.md, "Regression head"), which leaves what tells images apart a small ripple
+on a constant.
 A projector fed such features, or a cosine loss taken on them, hardly sees the ripple.
 (x - mean) / std per dimension puts every dimension's variation at unit scale.
 

@@ -94,7 +94,7 @@ class VLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.text_embeddings.weight.device
+        return next(self.input_projector.parameters()).device
 
     # ---- classifier-free guidance ----------------------------------------------------------
     def prompt_mask(self, ids: torch.Tensor) -> torch.Tensor:

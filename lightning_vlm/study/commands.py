@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -13,11 +14,13 @@ from .layout import RunDir
 from .spec import Run, Spec
 
 FRACTION_CALLBACK = "lightning_vlm.study.fraction_checkpoint.FractionCheckpoint"
+DEFAULTS = resources.files("lightning_vlm") / "defaults.yaml"  # what the CLI reads before any --config
 
 
 def compose(paths: list[str], root: Path | str = ".") -> dict:
-    """The configs merged as LightningCLI reads several --config files: later keys win, lists are replaced."""
-    out: dict = {}
+    """The configs merged as `lightning-vlm fit` reads them: the packaged defaults, then each --config;
+    later keys win, lists are replaced (`key+:` appends)."""
+    out: dict = yaml.safe_load(DEFAULTS.read_text()) or {}
     for path in paths:
         _merge(out, yaml.safe_load((Path(root) / path).read_text()) or {})
     return out
@@ -25,7 +28,9 @@ def compose(paths: list[str], root: Path | str = ".") -> dict:
 
 def _merge(into: dict, new: dict) -> None:
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        if key.endswith("+") and isinstance(value, list):
+            into[key[:-1]] = [*(into.get(key[:-1]) or []), *copy.deepcopy(value)]
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
@@ -66,11 +71,11 @@ class RunCommands:
 
 
 def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") -> RunCommands:
-    scale, variant = spec.active_scale, spec.variants[run.variant]
+    scale, variant, cell = spec.active_scale, spec.variants[run.variant], spec.cells[run.cell]
     rd = RunDir.of(out, run)
-    configs = [*spec.cells[run.cell], *variant.configs]
+    configs = [*cell.configs, *variant.configs]
     composed = compose(configs, root)
-    config_flags = [part for path in configs for part in ("--config", path)]
+    config_flags = [part for path in configs for part in ("--config", path)] + flags(cell.overrides)
     data_dir = variant.data_dir.format(scale=spec.scale) if variant.data_dir else None
     shared = {"seed_everything": run.seed}
     if data_dir:
@@ -103,7 +108,8 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
                    "--ckpt_path", str(rd.eval_ckpt(fraction, split))]
             evals.append((fraction, split, cmd))
     effective = dotted_get(composed, "data.init_args.data_dir")
-    effective = data_dir or scale.overrides.get("data.init_args.data_dir") or variant.overrides.get("data.init_args.data_dir") or effective
+    effective = data_dir or scale.overrides.get("data.init_args.data_dir") or variant.overrides.get("data.init_args.data_dir") \
+        or cell.overrides.get("data.init_args.data_dir") or effective
     return RunCommands(run, rd, spec.epoch_samples(run.regime), scale.epochs, effective, fit_cmd, evals)
 
 

@@ -39,6 +39,15 @@ STANDARD_REGIMES = {
 
 
 @dataclass
+class Cell:
+    """A cell of the grid: fit configs composed in order, then `--key value` overrides (e.g. another
+    input encoder on the same overlay, instead of a second near-identical config file)."""
+
+    configs: list[str]
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
 class Variant:
     """A data variant: extra fit configs and overrides, and optionally a dataset to build first."""
 
@@ -82,7 +91,7 @@ class Comparison:
 @dataclass
 class Spec:
     name: str
-    cells: dict[str, list[str]]
+    cells: dict[str, Cell]
     axes: list[dict]
     scales: dict[str, Scale]
     scale: str = "cpu"
@@ -155,6 +164,15 @@ def _weights(value, where: str) -> dict[str, float]:
     return {t: float(w) for t, w in value.items()}
 
 
+def _cell(value, where: str) -> Cell:
+    """A cell from its config list (`[a.yaml, b.yaml]` or one path) or a mapping {configs, overrides}."""
+    if isinstance(value, dict):
+        cell = _build(Cell, value, where)
+        cell.configs = _as_list(cell.configs)
+        return cell
+    return Cell(_as_list(value))
+
+
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -178,7 +196,7 @@ def parse_spec(raw: dict, root: Path | str | None = ".", where: str = "spec") ->
     spec = _build(Spec, raw, where)
     if not isinstance(spec.cells, dict) or not spec.cells:
         raise SpecError(f"{where}: cells must map each cell name to its fit config(s), e.g. cells: {{vq_vq: [configs/smartwatch/vq_vq.yaml]}}")
-    spec.cells = {k: _as_list(v) for k, v in spec.cells.items()}
+    spec.cells = {k: _cell(v, f"{where}: cells.{k}") for k, v in spec.cells.items()}
     if spec.scale in spec.scales and spec.scales[spec.scale].fractions:
         spec.fractions = list(spec.scales[spec.scale].fractions)
     _check(spec, None if root is None else Path(root), where)
@@ -225,7 +243,7 @@ def _check(spec: Spec, root: Path | None, where: str) -> None:
     for name, v in spec.variants.items():
         if v.build and not v.data_dir:
             raise SpecError(f"{where}: variants.{name} has build but no data_dir to build it into")
-    configs = [p for ps in spec.cells.values() for p in ps] + [p for v in spec.variants.values() for p in v.configs + ([v.build] if v.build else [])]
+    configs = [p for cell in spec.cells.values() for p in cell.configs] + [p for v in spec.variants.values() for p in v.configs + ([v.build] if v.build else [])]
     for path in configs if root is not None else []:
         if not (root / path).is_file():
             raise SpecError(f"{where}: config file {path} not found (paths are relative to {root})")

@@ -84,6 +84,9 @@ def build_vlm(tokenizer_path: str, input_encoder: str, output_encoder: str | Non
     strength = misalign.get("strength", 0.0)
     misalign_map: nn.Module | None = (AffineMisalignment(encoder_in.dim, strength, misalign.get("seed", 0), misalign.get("rotation", "random"))
                                       if strength > 0 else None)
-    model = VLM(tokenizer, encoder_in, net, build_head(head, net.dim, encoder_out, head_options), output_encoder=encoder_out,
+    model = VLM(tokenizer, encoder_in, net, nn.Identity(), output_encoder=encoder_out,
                 text_layers=text_layers, misalign=misalign_map, **vlm_options)
+    # The head draws its initial weights last, as it did before heads were plugins: a seed still
+    # gives the initial weights, and so the runs, that the shipped results came from.
+    model.image_head = build_head(head, net.dim, encoder_out, head_options)
     return model, {"input": in_path, "output": out_path}
