@@ -59,6 +59,8 @@ def fill_run_dir(config) -> None:
     root = None if root is None else str(root)
     missing: list = []
     _replace_run_dir(trainer, root, missing)
+    if trainer.get("logger") is False and trainer.get("callbacks"):  # `--trainer.logger false`: nothing to monitor the LR into
+        trainer["callbacks"] = [c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith("LearningRateMonitor")]
     for callback in trainer.get("callbacks") or []:
         init = callback.get("init_args") if hasattr(callback, "get") else None
         if str(callback.get("class_path", "")).endswith("ModelCheckpoint") and init is not None and init.get("dirpath") is None:

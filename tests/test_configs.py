@@ -119,6 +119,12 @@ def test_defaults_give_logger_and_checkpoint_in_the_run_folder():
     assert config.trainer.precision == "bf16-mixed" and config.seed_everything == 0
 
 
+def test_no_logger_drops_the_lr_monitor_it_would_need():
+    """`--trainer.logger false` must not end in Lightning's "LearningRateMonitor ... has no logger"."""
+    config = parse(["fit", "--config", "configs/smartwatch/vq_vq.yaml", "--trainer.logger", "false"])
+    assert [c.class_path.rpartition(".")[2] for c in config.trainer.callbacks] == ["ModelCheckpoint"]
+
+
 def test_callbacks_plus_appends_and_callbacks_replaces():
     encoder = parse(["fit", "--config", "configs/encoders/vq.yaml"])
     assert [c.class_path.rpartition(".")[2] for c in encoder.trainer.callbacks] == ["ModelCheckpoint", "LearningRateMonitor", "ExportEncoder"]

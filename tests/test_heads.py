@@ -7,23 +7,11 @@ import pytest
 import torch
 
 from lightning_vlm.heads import DiffusionHead, DiscreteHead, ImageHead, RegressionHead, build_head, head_options
+from test_models import fit  # a few Adam steps
 
 CODEBOOK = torch.randn(10, 4)
 DISCRETE_ENCODER = SimpleNamespace(dim=4, codebook_size=10, codes_from_indices=lambda idx: CODEBOOK[idx])
 CONTINUOUS_ENCODER = SimpleNamespace(dim=4, codebook_size=None)
-
-
-def fit(module, loss_fn, steps=30, lr=1e-2):
-    """Losses of a few Adam steps."""
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = loss_fn()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_discrete_head_learns_and_feeds_back_codebook_vectors():
