@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(study_main(argv[1:]))
     if verb == "upgrade":
-        from lightning_vlm.training.checkpoints import upgrade_main
+        from lightning_vlm.models.checkpoints import upgrade_main
 
         sys.exit(upgrade_main(argv[1:]))
     if verb == "plugins":

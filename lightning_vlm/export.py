@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .data.tokenizer import EOT, PAD
-from .training.checkpoints import load_vlm
+from .models.checkpoints import load_vlm
 
 LM_PARTS = tuple(f"model.{part}." for part in ("backbone", "text_embeddings", "lm_head", "input_encoder", "output_encoder")) + ("val_losses.",)
 

@@ -130,7 +130,7 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
 
     from lightning_vlm.models.generation import generate_text, prompt_for
     from lightning_vlm.training import UnifiedVLM
-    from lightning_vlm.training.checkpoints import load_vlm, load_weights
+    from lightning_vlm.models.checkpoints import load_vlm, load_weights
 
     siglip = tmp_path / "siglip_l2.ckpt"
     for argv in (["export", "--hf-encoder", str(world["siglip"]), "--layer", "-2", "--out", str(siglip)],

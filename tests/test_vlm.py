@@ -164,7 +164,7 @@ def test_regression_standardises_targets_so_the_mean_token_is_no_answer(tiny_dat
 def test_checkpoints_of_the_former_architecture_classes_upgrade(tiny_data, encoders, tmp_path):
     """A RegressionVLM checkpoint (weights at the top level, head options as hyperparameters) loads
     into UnifiedVLM: by `lightning-vlm upgrade`, and by init_weights directly."""
-    from lightning_vlm.training.checkpoints import upgrade_checkpoint, upgrade_main
+    from lightning_vlm.models.checkpoints import upgrade_checkpoint, upgrade_main
 
     source = make_module("regression", tiny_data, encoders, "semantic", "semantic", head_options={"loss": "mse", "layers": 2})
     with torch.no_grad():

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..registry import import_class
+from ..models import checkpoints
 from .reader import HEADS
 from .render_data import RenderedWatches
 
@@ -35,16 +35,8 @@ POOLS = ("flatten", "mean")
 
 
 def load_vlm(path: str | Path, map_location: str = "cpu"):
-    """The `models.VLM` inside the checkpoint's LightningModule (the class LightningCLI recorded), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no VLM checkpoint at {path}")
-    hp = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    class_path = hp.get("_class_path")
-    if not class_path:
-        raise ValueError(f"{path} does not name its model class (not written by `lightning-vlm fit`)")
-    module = import_class(class_path, "model").load_from_checkpoint(path, map_location=map_location)
-    return getattr(module, "model", module).eval()
+    """The `models.VLM` of a trained checkpoint (`models.checkpoints.load_vlm`), in eval mode."""
+    return checkpoints.load_vlm(path, map_location).model.eval()
 
 
 @torch.no_grad()

@@ -18,9 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ..data.dataset import Scorer
 from ..data.tasks import TASKS
 from ..eval.evaluator import GenerationSettings, VLMEvaluator, select_rows
-from . import checkpoints
+from ..models import checkpoints
 from .build import build_vlm
 from .examples import format_metrics, log_examples, save_generated_grid, tensorboard
 
@@ -225,7 +226,7 @@ class UnifiedVLM(pl.LightningModule):
         self._val_logged["understanding"] |= bool(und)
         keep = torch.zeros(len(real["meta"]), dtype=torch.bool, device=real["is_padding"].device)
         keep[gen + und] = True
-        evaluator = VLMEvaluator(_Unscored(), self.generation_settings()).to(self.device)
+        evaluator = VLMEvaluator(Scorer(), self.generation_settings())  # scores nothing: val shows outputs, test scores them.to(self.device)
         evaluator.update(self.model, select_rows(real, keep), torch.Generator().manual_seed(0), keep_examples=len(und) * 4)
         log_examples(self, evaluator, "val")
 
@@ -306,18 +307,3 @@ class UnifiedVLM(pl.LightningModule):
             milestones=[warmup],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-class _Unscored(nn.Module):
-    """A scorer that scores nothing: validation logs example outputs, test scores them."""
-
-    metric_names: tuple[str, ...] = ()
-
-    def score_text(self, meta, text, turn):
-        return []
-
-    def score_images(self, images, truth, metas):
-        return []
-
-    def compute(self):
-        return {}

@@ -1,4 +1,4 @@
-"""What a VLM checkpoint holds, and the upgrade of checkpoints written before the model/head split.
+"""What a VLM checkpoint (of `training.UnifiedVLM`) holds, and the upgrade of checkpoints written before the model/head split.
 
 - An hf: backbone's frozen pretrained weights are left out of checkpoints (under LoRA a checkpoint
   holds the adapters, projectors and heads, not the whole LM) and read back from the model folder.
