@@ -73,6 +73,19 @@ def fill_run_dir(config) -> None:
                         "set it in the config (trainer: {default_root_dir: runs/<name>}) or add --trainer.default_root_dir runs/<name>")
 
 
+def choose_cpu_precision(config) -> None:
+    """bf16-mixed on a CPU without native bf16 kernels becomes 32-true, said in one line (lightning_vlm/precision.py)."""
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    from lightning_vlm.precision import cpu_precision
+
+    precision, reason = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
+    if reason:
+        trainer["precision"] = precision
+        print(f"lightning-vlm: {reason}", file=sys.stderr)
+
+
 def cli_class():
     """The LightningCLI subclass every training verb runs (built on first use: importing Lightning is slow)."""
     from lightning.pytorch.cli import LightningCLI
@@ -114,6 +127,7 @@ def cli_class():
                     self.config[f"{sub}.model.init_args.{key}"] = value
             if sub:
                 fill_run_dir(self.config[sub])
+                choose_cpu_precision(self.config[sub])
 
     class FailFastCLI(VLMCLI):
         """Checks the files a run opens late (test-time reader, --ckpt_path) before building anything."""
