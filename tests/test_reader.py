@@ -134,3 +134,14 @@ def test_checkpoint_round_trip(tmp_path, batch):
         expected, got = reader(batch["images"]), loaded(batch["images"])
     assert all(torch.equal(expected[k], got[k]) for k in HEADS)
     assert loaded.predict_attributes(batch["images"]) == reader.predict_attributes(batch["images"])
+
+
+def test_reader_saved_under_its_former_class_path_loads(tmp_path, batch):
+    """Readers trained before the class moved to lightning_vlm.smartwatch name lightning_vlm.eval.reader."""
+    reader = tiny_reader().eval()
+    hparams = {"_class_path": "lightning_vlm.eval.reader.AttributeReader", **dict(reader.hparams),
+               "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    torch.save({"state_dict": reader.state_dict(), "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    loaded = AttributeReader.load(tmp_path / "old.ckpt")
+    with torch.no_grad():
+        assert torch.equal(reader(batch["images"])["weather"], loaded(batch["images"])["weather"])

@@ -156,8 +156,14 @@ class AttributeReader(pl.LightningModule):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "AttributeReader":
-        """A trained reader from a Lightning checkpoint, in eval mode with gradients off."""
-        reader = cls.load_from_checkpoint(path, map_location=map_location)
+        """A trained reader from a Lightning checkpoint, in eval mode with gradients off.
+
+        Built from the saved arguments and weights, not the class path the checkpoint names, so
+        readers saved before the class moved here (lightning_vlm.eval.reader) load too.
+        """
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        reader = cls(**{k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")})
+        reader.load_state_dict(checkpoint["state_dict"])
         reader.eval().requires_grad_(False)
         return reader
 
