@@ -230,6 +230,19 @@ def test_lightning_fit_exports_a_loadable_checkpoint(tmp_path, tiny_data, name):
     assert loaded.encode(torch.rand(1, 3, 32, 32))[0].shape == (1, 16, loaded.dim)
 
 
+def test_a_failing_reader_check_still_exports(tmp_path, tiny_data):
+    """The reconstruction check is a diagnostic: an unreadable reader file warns, the fit and export succeed."""
+    enc = tiny("vq", image_size=32, channels=(8, 16, 16))
+    dm = VLMDataModule(str(tiny_data), task_weights={"caption": 1}, eval_tasks=["caption"], batch_size=4, num_workers=0)
+    (tmp_path / "reader.ckpt").write_bytes(b"not a checkpoint")
+    export = ExportEncoder(str(tmp_path / "enc.ckpt"), reader=str(tmp_path / "reader.ckpt"), check_images=4)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[export],
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="reconstruction check with .*reader.ckpt failed"):
+        trainer.fit(enc, datamodule=dm)
+    assert load_encoder_checkpoint(tmp_path / "enc.ckpt").num_tokens == 16
+
+
 def test_hf_encoder_from_local_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=8)
