@@ -20,7 +20,7 @@ from lightning_vlm.models.backbone import Backbone, BackboneConfig
 from lightning_vlm.precision import cpu_has_native_bf16, cpu_precision
 
 
-def step_seconds(step, bf16: bool, repeats: int = 3) -> float:
+def step_seconds(step, bf16: bool, repeats: int = 2) -> float:
     """Median seconds of one forward + backward of `step`, after one warm-up call."""
     times = []
     for i in range(repeats + 1):
@@ -42,10 +42,10 @@ def main() -> None:
     vq = VQEncoder(channels=[32, 64, 128])  # configs/encoders/vq.yaml
     images = torch.rand(32, 3, 64, 64)
     backbone = Backbone(BackboneConfig.preset("tiny"))  # the quickstart's backbone
-    tokens = torch.randn(32, 160, 256)
+    tokens = torch.randn(8, 160, 256)
     cases = {
         "VQ tokenizer step (batch 32, 64 px)": lambda: vq(images)[0].float().square().mean(),
-        "tiny backbone step (batch 32 x 160 tokens)": lambda: backbone(tokens).float().square().mean(),
+        "tiny backbone step (batch 8 x 160 tokens)": lambda: backbone(tokens).float().square().mean(),
     }
     for label, step in cases.items():
         fp32, bf16 = step_seconds(step, False), step_seconds(step, True)

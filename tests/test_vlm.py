@@ -10,7 +10,7 @@ import torch
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tasks import TASKS
-from lightning_vlm.models.generation import generate_images, generate_text, image_tokens, prompt_for, unconditional
+from lightning_vlm.models.generation import _prefill_last, generate_images, generate_text, image_tokens, prompt_for, unconditional
 from lightning_vlm.training import UnifiedVLM
 from tiny_encoders import export_tiny_encoders
 
@@ -242,6 +242,33 @@ def test_sampled_text_answers_are_seeded_and_greedy_at_temperature_zero(tiny_dat
     hot = generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
     assert hot == generate_text(model, prompts, images, 8, generator=seeded(1), temperature=1.5)
     assert hot != generate_text(model, prompts, images, 8, generator=seeded(2), temperature=1.5) and hot != greedy
+
+
+def test_turns_of_one_conversation_share_one_prefill(tiny_data, encoders, batch):
+    """Each VQA turn decoded from its conversation's one prefill, cut at the turn: the same states and answers
+    as prefilling every turn alone (a cut that left the later turns visible as keys would change both)."""
+    model = make("discrete", tiny_data, encoders, "vq", "vq").eval()
+    rows, prompts = [], []
+    for i, meta in enumerate(batch["meta"]):
+        if meta["task"] == "vqa":
+            for turn in range(len(meta["question_types"])):
+                rows.append(i)
+                prompts.append(prompt_for(model, meta, turn))
+    assert len(set(rows)) < len(rows) and len(set(rows)) > 1  # several conversations with several turns
+    images = batch["images"][rows]
+    with torch.no_grad():
+        cache_alone, alone = _prefill_last(model, prompts, images, 4)
+        cache_shared, shared = _prefill_last(model, prompts, images, 4, groups=rows)
+        assert torch.allclose(alone, shared, atol=1e-5)
+        for step in range(2):  # the next tokens' states read the branched cache
+            tokens = model.text_embeddings(torch.arange(len(prompts)) % 40 + 5 + step)[:, None]
+            assert torch.allclose(model.backbone.decode(tokens, cache_alone), model.backbone.decode(tokens, cache_shared), atol=1e-5)
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731  (sampled: varied tokens exercise the decode)
+    expected = generate_text(model, prompts, images, 6, generator=seeded(), temperature=1.5)
+    assert generate_text(model, prompts, images, 6, generator=seeded(), temperature=1.5, groups=rows) == expected
+    assert len({tuple(o) for o in expected}) > len(expected) // 2
+    with pytest.raises(ValueError, match="does not extend"):  # two conversations declared one
+        generate_text(model, [prompts[0], prompts[-1]], images[[0, -1]], 2, groups=[0, 0])
 
 
 def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):

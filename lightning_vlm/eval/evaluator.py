@@ -65,7 +65,8 @@ class VLMEvaluator(nn.Module):
                 asked.append((meta, turn))
         if prompts:
             outs = model.generate_text(prompts, batch["images"][rows], max_new_tokens=s.max_new_tokens,
-                                       generator=generator, temperature=s.text_temperature)
+                                       generator=generator, temperature=s.text_temperature, groups=rows,
+                                       image_ids=[batch["meta"][i].get("image_id") for i in rows])
             for (meta, turn), ids in zip(asked, outs):
                 text = model.tokenizer.decode(ids)
                 self._add(self.scorer.score_text(meta, text, turn))

@@ -35,28 +35,65 @@ def _pad(prompts: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.
     return ids, attn, in_mask
 
 
-def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int):
-    """Runs the prompts through the backbone into a fresh cache; returns (cache, last hidden [B, D])."""
+def _prefill(model, prompts: list[dict], images: torch.Tensor | None, extra: int, image_ids: list[str] | None = None):
+    """Runs the prompts through the backbone into a fresh cache; returns (cache, hidden [B, T, D], lengths [B])."""
     ids, attn, in_mask = _pad(prompts, model.builder.pad, model.device)
     emb = model.text_embeddings(ids)
     rows = in_mask.any(1)
     if rows.any():
-        feats, _ = model.encode_images("input", images[rows])
+        picked = rows.nonzero().flatten().tolist()
+        feats, _ = model.encode_images("input", images[rows], None if image_ids is None else [image_ids[i] for i in picked])
         emb = emb.masked_scatter(in_mask[..., None], model.embed_input_images(feats).to(emb.dtype))
     cache = model.backbone.new_cache(len(prompts), ids.shape[1] + extra)
-    hidden = model.backbone(emb, attention_mask=attn, cache=cache)
-    last = hidden[torch.arange(len(prompts), device=ids.device), attn.sum(1) - 1]
-    return cache, last
+    return cache, model.backbone(emb, attention_mask=attn, cache=cache), attn.sum(1)
+
+
+def _prefill_last(model, prompts, images, extra, groups=None, image_ids=None):
+    """(cache ready to decode after each prompt, each prompt's last hidden state [B, D]).
+
+    `groups[i]` names the conversation prompt i belongs to: the prompts of one group share
+    their image and each extends the group's shorter ones (the turns of one VQA sample). A group
+    is then prefilled once, its longest prompt; each prompt's cache row is that run cut at the
+    prompt's length (later slots masked out as keys), so it decodes as if prefilled alone.
+    """
+    if groups is None:
+        cache, hidden, lengths = _prefill(model, prompts, images, extra, image_ids)
+        return cache, hidden[torch.arange(len(prompts), device=hidden.device), lengths - 1]
+    first: dict = {}
+    for i, g in enumerate(groups):
+        if g not in first or len(prompts[i]["input_ids"]) > len(prompts[first[g]]["input_ids"]):
+            first[g] = i
+    heads = list(first.values())  # the longest prompt of each group
+    row_of = {g: row for row, g in enumerate(first)}
+    owner = torch.tensor([row_of[g] for g in groups], device=model.device)
+    for i, g in enumerate(groups):
+        n, longest = len(prompts[i]["input_ids"]), prompts[first[g]]["input_ids"]
+        if prompts[i]["input_ids"] != longest[:n]:
+            raise ValueError(f"prompt {i} does not extend the others of its group {g!r}: groups must hold the turns of one conversation")
+    shared, hidden, _ = _prefill(model, [prompts[i] for i in heads], None if images is None else images[heads], 0,
+                                 None if image_ids is None else [image_ids[i] for i in heads])
+    lengths = torch.tensor([len(p["input_ids"]) for p in prompts], device=model.device)
+    cache = model.backbone.new_cache(len(prompts), shared.length + extra, dtype=shared.k.dtype)
+    cache.k[:, :, :, : shared.length] = shared.k[:, owner]
+    cache.v[:, :, :, : shared.length] = shared.v[:, owner]
+    slots = torch.arange(shared.length, device=model.device)
+    cache.mask[:, : shared.length] = shared.mask[owner] & (slots[None] < lengths[:, None])
+    cache.positions.copy_(lengths)  # right padding: a prompt's tokens are its first slots
+    cache.length = shared.length
+    cache.slot.fill_(shared.length)
+    return cache, hidden[owner, lengths - 1]
 
 
 @torch.no_grad()
 def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None, max_new_tokens: int = 40,
                   stop: tuple[str, ...] = (EOT,), generator: torch.Generator | None = None,
-                  temperature: float = 0.0) -> list[list[int]]:
+                  temperature: float = 0.0, groups: list | None = None,
+                  image_ids: list[str] | None = None) -> list[list[int]]:
     """Continuation of each prompt until a stop token (included) or `max_new_tokens`: greedy at
-    temperature 0, else sampled."""
+    temperature 0, else sampled. `groups`: prompts of one conversation share one prefill
+    (`_prefill_last`); `image_ids`: the images' ids, to read their encoder tokens from the token cache."""
     stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
-    cache, last = _prefill(model, prompts, images, max_new_tokens)
+    cache, last = _prefill_last(model, prompts, images, max_new_tokens, groups, image_ids)
     out = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
     for _ in range(max_new_tokens):
@@ -93,7 +130,7 @@ def image_tokens(model, prefixes: list[dict], generator: torch.Generator | None 
     guided = guidance_scale != 1.0
     if guided:
         prefixes = prefixes + [unconditional(model, p) for p in prefixes]
-    cache, last = _prefill(model, prefixes, None, n)
+    cache, last = _prefill_last(model, prefixes, None, n)
     feats, indices = [], []
     for step in range(n):
         if guided:
