@@ -3,7 +3,7 @@
 The packaged defaults train in bf16-mixed: on GPUs and on CPUs with native bf16 kernels
 (AVX-512 or AMX) it is the faster choice. On CPUs without them (AVX2 only, as on many
 laptops and some cloud VMs) autocast's bf16 convolutions and matrix products fall back to
-reference kernels that run several times slower than fp32 (`benchmarks/precision_kernels.py`;
+reference kernels that run many times slower than fp32 (`benchmarks/precision_kernels.py`;
 benchmarks/RESULTS.md, "CPUs without native bf16"). There a run silently taking 10x longer
 is worse than a run in fp32, so the CLI switches such a run to 32-true and says so in one line.
 """
@@ -46,6 +46,6 @@ def cpu_precision(precision, accelerator) -> tuple[object, str | None]:
         return precision, None
     capability = torch.backends.cpu.get_cpu_capability()
     return "32-true", (
-        f"precision {asked} -> 32-true: this CPU ({capability}) has no native bf16 kernels, where bf16 runs "
-        f"several times slower than fp32 (benchmarks/precision_kernels.py); {KEEP_BF16_ENV}=1 keeps {asked}"
+        f"precision {asked} -> 32-true: this CPU ({capability}) has no native bf16 kernels: bf16 runs "
+        f"many times slower than fp32 there (benchmarks/precision_kernels.py); {KEEP_BF16_ENV}=1 keeps {asked}"
     )
