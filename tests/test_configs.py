@@ -108,8 +108,9 @@ def test_unknown_key_fails(tmp_path):
         run_cli(["fit", "--config", "configs/smartwatch/vq_vq.yaml", "--config", str(typo)], cli_class())
 
 
-def test_defaults_give_logger_and_checkpoint_in_the_run_folder():
+def test_defaults_give_logger_and_checkpoint_in_the_run_folder(monkeypatch):
     """An overlay that names only its run folder gets defaults.yaml's logger and callbacks there."""
+    monkeypatch.setenv("LIGHTNING_VLM_CPU_BF16", "1")  # the file's precision, whatever this CPU would switch it to
     config = parse(["fit", "--config", "configs/smartwatch/vq_vq.yaml", "--trainer.default_root_dir", "runs/elsewhere"])
     assert config.trainer.logger.class_path.endswith("TensorBoardLogger")
     assert (config.trainer.logger.init_args.save_dir, config.trainer.logger.init_args.name) == ("runs/elsewhere", "tb")

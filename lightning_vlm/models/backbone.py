@@ -235,6 +235,8 @@ class Backbone(nn.Module):
     into the residual stream scaled by 1 / sqrt(2 n_layers) so its variance stays flat with depth.
     """
 
+    cache_rows_can_be_cut = True  # its KVCache's rows can be copied and cut (generation's shared prefill)
+
     def __init__(self, config: BackboneConfig):
         super().__init__()
         self.config = config

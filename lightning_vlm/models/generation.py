@@ -55,8 +55,9 @@ def _prefill_last(model, prompts, images, extra, groups=None, image_ids=None):
     their image and each extends the group's shorter ones (the turns of one VQA sample). A group
     is then prefilled once, its longest prompt; each prompt's cache row is that run cut at the
     prompt's length (later slots masked out as keys), so it decodes as if prefilled alone.
+    Backbones whose cache cannot be cut that way (an HF model's) prefill every prompt.
     """
-    if groups is None:
+    if groups is None or not getattr(model.backbone, "cache_rows_can_be_cut", False):
         cache, hidden, lengths = _prefill(model, prompts, images, extra, image_ids)
         return cache, hidden[torch.arange(len(prompts), device=hidden.device), lengths - 1]
     first: dict = {}
