@@ -437,3 +437,11 @@ def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tin
     assert torch.equal(plain.embed_batch(batch)[0], clean)  # 0 = exact teacher forcing
     with pytest.raises(ValueError, match="context_noise"):
         make("diffusion", tiny_data, encoders, "ae", "ae", context_noise=-1)
+
+
+def test_decoded_rows_are_cut_after_their_first_stop_token():
+    from lightning_vlm.models.generation import _up_to_stop
+
+    assert _up_to_stop([5, 7, 2, 9, 2], {2}) == [5, 7, 2]  # rows that stopped early kept decoding: cut
+    assert _up_to_stop([5, 7, 9], {2}) == [5, 7, 9]  # no stop within max_new_tokens: all of it
+    assert _up_to_stop([3, 5], {3, 2}) == [3]

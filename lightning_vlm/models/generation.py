@@ -95,17 +95,26 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
     (`_prefill_last`); `image_ids`: the images' ids, to read their encoder tokens from the token cache."""
     stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
     cache, last = _prefill_last(model, prompts, images, max_new_tokens, groups, image_ids)
-    out = [[] for _ in prompts]
+    steps = []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
     for _ in range(max_new_tokens):
         nxt = sample_logits(model.lm_head(last).float(), temperature, generator)  # [B]
-        for i in (~done).nonzero().flatten().tolist():
-            out[i].append(int(nxt[i]))
+        steps.append(nxt)
         done |= torch.isin(nxt, stop_ids)
         if done.all():
             break
         last = model.backbone.decode(model.text_embeddings(nxt)[:, None], cache)[:, 0]
-    return out
+    if not steps:
+        return [[] for _ in prompts]
+    return [_up_to_stop(row, set(stop_ids.tolist())) for row in torch.stack(steps, 1).tolist()]
+
+
+def _up_to_stop(row: list[int], stops: set[int]) -> list[int]:
+    """The row's tokens up to its first stop token, included (rows that stopped early kept decoding)."""
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[: i + 1]
+    return row
 
 
 @torch.no_grad()
