@@ -10,7 +10,7 @@ import torch
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tasks import TASKS
-from lightning_vlm.models.generation import _prefill_last, generate_images, generate_text, image_tokens, prompt_for, unconditional
+from lightning_vlm.models.generation import _prefill_last, _up_to_stop, generate_images, generate_text, image_tokens, prompt_for, unconditional
 from lightning_vlm.training import UnifiedVLM
 from tiny_encoders import export_tiny_encoders
 
@@ -440,8 +440,6 @@ def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tin
 
 
 def test_decoded_rows_are_cut_after_their_first_stop_token():
-    from lightning_vlm.models.generation import _up_to_stop
-
     assert _up_to_stop([5, 7, 2, 9, 2], {2}) == [5, 7, 2]  # rows that stopped early kept decoding: cut
     assert _up_to_stop([5, 7, 9], {2}) == [5, 7, 9]  # no stop within max_new_tokens: all of it
     assert _up_to_stop([3, 5], {3, 2}) == [3]

@@ -106,7 +106,8 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
         last = model.backbone.decode(model.text_embeddings(nxt)[:, None], cache)[:, 0]
     if not steps:
         return [[] for _ in prompts]
-    return [_up_to_stop(row, set(stop_ids.tolist())) for row in torch.stack(steps, 1).tolist()]
+    stops = set(stop_ids.tolist())
+    return [_up_to_stop(row, stops) for row in torch.stack(steps, 1).tolist()]
 
 
 def _up_to_stop(row: list[int], stops: set[int]) -> list[int]:
