@@ -1,13 +1,15 @@
 """Image generation with the KV cache against the full-recompute loop, measured side by side.
 
     python benchmarks/generation.py [--image-tokens 256] [--batches 1,64] [--backbone tiny] [--no-compile]
+                                    [--freeze] [--threads N]
 
 The study generated each image token by running the whole sequence again (no cache).
 This builds a discrete VLM (tiny backbone, an untrained 16 x 16-token VQ encoder, random
 weights with a sharpened image head so greedy tokens vary) and, for each batch size, times:
   - recompute: every image token re-runs prompt + all tokens so far through the backbone,
   - cached: `generate.image_tokens` (prefill once, then one `Backbone.decode` step per token),
-  - cached + compiled: the same after `Backbone.compile_decode()` (compile time printed apart),
+  - cached + compiled: the same after `Backbone.compile_decode()` (compile time printed apart;
+    `--freeze` turns on inductor's weight freezing, which prepacks the linear weights for oneDNN/MKL),
 and checks that all three give identical greedy tokens. Prints the CPU model beside the ratios.
 """
 
@@ -83,9 +85,17 @@ def main() -> None:
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--backbone", default="tiny")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--freeze", action="store_true", help="inductor freezing for the compiled step (inference only)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.freeze:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
     name, amx = cpu_model()
-    print(f"CPU: {name} | AMX: {'yes' if amx else 'no'} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(f"CPU: {name} | AMX: {'yes' if amx else 'no'} | torch {torch.__version__} | threads {torch.get_num_threads()}"
+          f"{' | compiled with freezing' if args.freeze else ''}")
     with tempfile.TemporaryDirectory() as tmp:
         model, prompts = build_model(Path(tmp), args.image_tokens, args.backbone)
     for b in (int(x) for x in args.batches.split(",")):
