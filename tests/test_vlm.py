@@ -443,3 +443,29 @@ def test_decoded_rows_are_cut_after_their_first_stop_token():
     assert _up_to_stop([5, 7, 2, 9, 2], {2}) == [5, 7, 2]  # rows that stopped early kept decoding: cut
     assert _up_to_stop([5, 7, 9], {2}) == [5, 7, 9]  # no stop within max_new_tokens: all of it
     assert _up_to_stop([3, 5], {3, 2}) == [3]
+
+
+def test_a_sample_scores_the_same_padded_into_any_batch(tiny_data, encoders, batch):
+    """What length buckets rely on: right padding changes no loss, so regrouping samples by length
+    (`data.length_buckets`) changes only which samples share a step, never a sample's loss."""
+    from lightning_vlm.eval.evaluator import select_rows
+
+    model = make("discrete", tiny_data, encoders, "vq", "vq").eval()
+    wake_image_head(model)
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.min() < batch["input_ids"].shape[1]  # the batch does pad some samples
+    text_sum, text_tokens, image_losses = 0.0, 0, []
+    with torch.no_grad():
+        full = model(batch)
+        for i in range(len(batch["meta"])):
+            one = select_rows(batch, torch.arange(len(batch["meta"])) == i)
+            n = int(lengths[i])
+            alone = {k: v[:, :n] if isinstance(v, torch.Tensor) and v.ndim == 2 else v for k, v in one.items()}  # no padding
+            losses = model(alone)
+            tokens = int(alone["loss_mask"][:, 1:].sum())
+            text_sum += float(losses["text"]) * tokens
+            text_tokens += tokens
+            if alone["image_out_mask"].any():
+                image_losses.append(float(losses["image"]))
+    assert text_sum / text_tokens == pytest.approx(float(full["text"]), rel=1e-5)
+    assert image_losses and sum(image_losses) / len(image_losses) == pytest.approx(float(full["image"]), rel=1e-5)
