@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--freeze", action="store_true", help="inductor freezing for the compiled step (inference only)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.freeze and args.no_compile:
+        ap.error("--freeze applies to the compiled step: drop --no-compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.freeze:
