@@ -1,8 +1,8 @@
 """Which precision a CPU run gets when its config asks for bf16-mixed.
 
 The packaged defaults train in bf16-mixed: on GPUs and on CPUs with native bf16 kernels
-(AVX-512 or AMX) it is the faster choice. On CPUs without them (AVX2 only, as on many
-laptops and some cloud VMs) autocast's bf16 convolutions and matrix products fall back to
+(AVX512-BF16 or AMX) it is the faster choice. On CPUs without them (AVX2 only, as on many
+laptops and some cloud VMs, and AVX-512 CPUs without the BF16 extension) autocast's bf16 convolutions and matrix products fall back to
 reference kernels that run many times slower than fp32 (`benchmarks/precision_kernels.py`;
 benchmarks/RESULTS.md, "CPUs without native bf16"). There a run silently taking 10x longer
 is worse than a run in fp32, so the CLI switches such a run to 32-true and says so in one line.
@@ -20,13 +20,29 @@ KEEP_BF16_ENV = "LIGHTNING_VLM_CPU_BF16"  # =1 keeps bf16-mixed on any CPU (e.g.
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls and convolutions in vectorised kernels (oneDNN's test)."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "SVE256"):  # AVX2, NO AVX, DEFAULT: none
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX on x86, SVE on Arm).
+
+    oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) is not enough: it is true on
+    any AVX-512 CPU, where oneDNN emulates bf16; on an Intel Xeon with AVX-512 but without
+    AVX512-BF16 that ran the VQ tokenizer step at 0.32x and the tiny backbone at 0.38x fp32's speed.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "SVE256":
+        return True
+    if capability != "AVX512":  # AVX2, NO AVX, DEFAULT: no vector bf16
         return False
+    return cpu_has_bf16_instructions()
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """x86: the CPU reports AVX512-BF16 or AMX tiles (torch's cpuinfo reading)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
-        return False
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without these probes: fall back to oneDNN's check
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
+            return False
 
 
 def runs_on_cpu(accelerator) -> bool:
@@ -45,6 +61,8 @@ def cpu_precision(precision, accelerator) -> tuple[object, str | None]:
     if os.environ.get(KEEP_BF16_ENV) == "1":
         return precision, None
     capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512":
+        capability = "AVX512 without AVX512-BF16"
     return "32-true", (
         f"precision {asked} -> 32-true: this CPU ({capability}) has no native bf16 kernels: bf16 runs "
         f"many times slower than fp32 there (benchmarks/precision_kernels.py); {KEEP_BF16_ENV}=1 keeps {asked}"

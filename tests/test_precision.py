@@ -49,3 +49,17 @@ def test_cli_rewrites_the_trainer_precision_and_says_so(capability, monkeypatch,
     config = Namespace(trainer=Namespace(accelerator="cpu", precision="32-true"))
     choose_cpu_precision(config)
     assert config.trainer.precision == "32-true" and capsys.readouterr().err == ""
+
+
+def test_avx512_cpu_without_the_bf16_extension_trains_in_fp32(capability, monkeypatch):
+    capability("AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.delenv(precision.KEEP_BF16_ENV, raising=False)
+    assert precision.cpu_precision("bf16-mixed", "cpu")[0] == "32-true"
+
+
+def test_avx512_cpu_with_the_bf16_extension_keeps_bf16(capability, monkeypatch):
+    capability("AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert precision.cpu_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)
