@@ -1,13 +1,16 @@
 """Training callbacks: two that every `lightning-vlm` fit gets (the CLI adds them: the final
-step is always saved, and the progress bar names what bounds a run), and ExportEncoder,
-which stage-0 encoder configs name.
+step is always saved, and the progress bar names what bounds a run), ExportEncoder, which
+stage-0 encoder configs name, and ValScores, which scores a VLM on val at every validation.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -62,7 +65,7 @@ class ExportEncoder(pl.Callback):
         check_split, check_images: which data split and how many of its images to check.
     """
 
-    def __init__(self, path: str, reader: str | None = "runs/reader/best.ckpt", check_split: str = "val", check_images: int = 200):
+    def __init__(self, path: str, reader: str | None = "stage0/reader.ckpt", check_split: str = "val", check_images: int = 200):
         self.path = path
         self.reader = reader
         self.check_split = check_split
@@ -102,3 +105,71 @@ class ExportEncoder(pl.Callback):
         recon = reconstruct(encoder, images)
         encoder.train(was_training)
         return markdown_table(reconstruction_rows(AttributeReader.load(self.reader), images, attrs, {type(encoder).__name__: recon}))
+
+
+class ValScores(Callback):
+    """Scores every validation of a VLM fit with the dataset's scorer: the test metrics, on the val split.
+
+    Each validation logs `val/<metric>` (e.g. `val/vqa/weather`, `val/gen/weather`) and appends one JSON
+    line to `path` (default `<run folder>/val_scores.jsonl`): the step, the samples seen per task, the
+    seconds of training so far (wall time since the fit started, validation left out) and the metrics.
+    That is a learning curve in steps, samples and minutes, chosen on val, never on test.
+    The metrics are the evaluator's (`eval.evaluator.VLMEvaluator`), the same code `lightning-vlm test` runs.
+
+    Args:
+        path: the JSON-lines file; None: val_scores.jsonl in the run folder.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.samples: dict[str, int] = {}
+        self.train_seconds = 0.0
+        self._since = None
+        self.evaluator = None
+
+    def _file(self, trainer: pl.Trainer) -> Path:
+        return Path(self.path) if self.path else Path(trainer.default_root_dir) / "val_scores.jsonl"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._since = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
+        from .data.tasks import TASKS
+
+        for t in batch["task"].tolist():
+            self.samples[TASKS[t]] = self.samples.get(TASKS[t], 0) + 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._since is not None:  # the clock stops while validating
+            self.train_seconds += time.perf_counter() - self._since
+            self._since = None
+        self.evaluator = None
+        if trainer.sanity_checking:
+            return
+        from .eval.evaluator import VLMEvaluator
+
+        self.evaluator = VLMEvaluator(trainer.datamodule.scorer(), pl_module.generation_settings()).to(pl_module.device)
+        self._generator = torch.Generator().manual_seed(0)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.evaluator is not None:
+            self.evaluator.update(pl_module.model, batch, self._generator)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.evaluator is None:
+            return
+        metrics = self.evaluator.compute()
+        for name, value in metrics.items():
+            pl_module.log(f"val/{name}", value, sync_dist=True, reduce_fx="max")  # already synced: equal on every rank
+        if trainer.is_global_zero:
+            record = {"step": trainer.global_step, "samples": dict(sorted(self.samples.items())),
+                      "train_seconds": round(self.train_seconds, 1), "metrics": metrics}
+            path = self._file(trainer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.evaluator = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._since = time.perf_counter()

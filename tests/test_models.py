@@ -178,7 +178,7 @@ def test_kv_cache_overflow_is_a_clear_error(toy_lm):
         backbone.new_cache(1, TOY.max_seq_len + 1)
 
 
-@pytest.mark.parametrize("name, low, high", [("tiny", 2e6, 5e6), ("small", 20e6, 30e6), ("base", 100e6, 150e6)])
+@pytest.mark.parametrize("name, low, high", [("micro", 0.5e6, 1e6), ("tiny", 2e6, 5e6), ("small", 20e6, 30e6), ("base", 100e6, 150e6)])
 def test_preset_sizes(name, low, high):
     with torch.device("meta"):  # no memory, no init cost
         backbone = Backbone(BackboneConfig.preset(name))

@@ -469,3 +469,35 @@ def test_a_sample_scores_the_same_padded_into_any_batch(tiny_data, encoders, bat
                 image_losses.append(float(losses["image"]))
     assert text_sum / text_tokens == pytest.approx(float(full["text"]), rel=1e-5)
     assert image_losses and sum(image_losses) / len(image_losses) == pytest.approx(float(full["image"]), rel=1e-5)
+
+
+def test_input_position_embedding_tells_equal_tokens_apart_by_slot(tiny_data, encoders):
+    """Every slot holding the same token: without positions all 16 embeddings are equal, with them not."""
+    model = make("discrete", tiny_data, encoders, "vq", "vq", input_position_embedding=True)
+    emb = model.embed_input_images(torch.ones(1, 16, model.input_encoder.dim))
+    assert not torch.allclose(emb[0, 0], emb[0, 15])
+
+
+def test_input_position_embedding_is_off_by_default(tiny_data, encoders):
+    model = make("discrete", tiny_data, encoders, "vq", "vq")
+    assert model.input_positions is None
+
+
+def test_input_position_embedding_learns_from_understanding_batches(tiny_data, encoders, batch):
+    model = make("discrete", tiny_data, encoders, "vq", "vq", input_position_embedding=True)
+    model(batch)["total"].backward()
+    assert model.input_positions.table.grad.abs().sum() > 0
+
+
+def test_grid_positions_are_row_plus_column():
+    from lightning_vlm.models.positions import GridPositionEmbedding
+
+    grid = GridPositionEmbedding(16, 8)
+    emb = grid().reshape(4, 4, 8)
+    assert torch.allclose(emb[1, 2] - emb[1, 0], emb[3, 2] - emb[3, 0])  # the same column step on any row
+
+
+def test_grid_positions_of_a_non_square_count_get_one_entry_each():
+    from lightning_vlm.models.positions import GridPositionEmbedding
+
+    assert GridPositionEmbedding(12, 8)().shape == (12, 8)

@@ -45,13 +45,14 @@ class BackboneConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> BackboneConfig:
-        """A named size (tiny ~3M params for CPU, small ~24M, base ~110M), optionally with fields overridden."""
+        """A named size (micro ~0.7M and tiny ~3M params for CPU, small ~24M, base ~110M), optionally with fields overridden."""
         if name not in PRESETS:
             raise ValueError(f"unknown backbone preset '{name}'; known presets: {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
 
 PRESETS = {
+    "micro": BackboneConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=352, max_seq_len=1024),
     "tiny": BackboneConfig(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=704, max_seq_len=1024),
     "small": BackboneConfig(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1408, max_seq_len=1024),
     "base": BackboneConfig(dim=768, n_layers=16, n_heads=12, n_kv_heads=4, mlp_hidden=2304, max_seq_len=2048),

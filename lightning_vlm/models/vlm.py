@@ -36,6 +36,7 @@ from ..data.collate import SequenceBuilder
 from ..data.tasks import TASKS
 from . import generation
 from .heads import lm_head
+from .positions import GridPositionEmbedding
 from .projectors import MLPProjector
 from .standardize import RunningStandardizer
 
@@ -54,13 +55,15 @@ class VLM(nn.Module):
         standardize_features: standardise each encoder's features per dimension (running statistics) before
             its projector; for encoders whose tokens share a large mean direction.
         output_slot_embedding: add a learned embedding of the slot index to every output image token.
+        input_position_embedding: add a learned 2-D (row + column) embedding to every input image token
+            (`models.positions`): conv tokens carry no absolute position.
         prompt_dropout / context_noise / image_loss_weight: see the module docstring.
     """
 
     def __init__(self, tokenizer, input_encoder: nn.Module, backbone: nn.Module, head: nn.Module,
                  output_encoder: nn.Module | None = None, text_layers: tuple[nn.Module, nn.Module] | None = None,
                  misalign: nn.Module | None = None, standardize_features: bool = False, output_slot_embedding: bool = True,
-                 prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0):
+                 input_position_embedding: bool = False, prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0):
         super().__init__()
         if not 0 <= prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
@@ -88,6 +91,7 @@ class VLM(nn.Module):
         self.output_slots = nn.Embedding(self.output_encoder.num_tokens, dim) if output_slot_embedding else None
         if self.output_slots is not None:
             nn.init.normal_(self.output_slots.weight, std=0.02)
+        self.input_positions = GridPositionEmbedding(self.input_encoder.num_tokens, dim) if input_position_embedding else None
         self.image_head = head
         self.token_caches: dict = {}  # side ("input" / "output") -> encoders.cache.TokenCache, see `encode_images`
         self._train_backbone = None
@@ -125,7 +129,10 @@ class VLM(nn.Module):
             if self.training:
                 self.input_standardizer.update(feats)
             feats = self.input_standardizer(feats)
-        return self.input_projector(self.misalign(feats))
+        emb = self.input_projector(self.misalign(feats))
+        if self.input_positions is not None:
+            emb = emb + self.input_positions().to(emb.dtype)
+        return emb
 
     def embed_output_tokens(self, feats: torch.Tensor, first_slot: int = 0) -> torch.Tensor:
         """Output-token features [B, n, F] (slots first_slot .. first_slot + n - 1) -> embeddings [B, n, D]."""

@@ -34,16 +34,18 @@ def own_hyperparameters():
 
 
 def encoder_checkpoint(spec: str) -> str:
-    """A checkpoint path, or a registered encoder name standing for runs/encoders/<name>.ckpt."""
+    """A checkpoint path, or a registered encoder name: the one trained here (runs/encoders/<name>.ckpt)
+    when there is one, else the shipped one (stage0/<name>.ckpt, `make stage0`)."""
     if Path(spec).exists():
         return spec
     from ..registry import available
 
     if spec in available("encoders"):
-        path = Path("runs/encoders") / f"{spec}.ckpt"
-        if path.is_file():
-            return str(path)
-        raise FileNotFoundError(f"no trained '{spec}' encoder at {path}: train it with `lightning-vlm fit --config configs/encoders/{spec}.yaml`")
+        for path in (Path("runs/encoders") / f"{spec}.ckpt", Path("stage0") / f"{spec}.ckpt"):
+            if path.is_file():
+                return str(path)
+        raise FileNotFoundError(f"no trained '{spec}' encoder at runs/encoders/{spec}.ckpt nor a shipped one at stage0/{spec}.ckpt: "
+                                f"train it with `lightning-vlm fit --config configs/encoders/{spec}.yaml` (or `make stage0`)")
     raise FileNotFoundError(f"encoder checkpoint not found: {spec} (give a checkpoint path or a trained encoder's name)")
 
 

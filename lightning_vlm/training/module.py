@@ -25,7 +25,7 @@ from ..models import checkpoints
 from .build import build_vlm
 from .examples import format_metrics, log_examples, save_generated_grid, tensorboard
 
-FREEZABLE = ("backbone", "text_embeddings", "input_projector", "output_projector", "output_slots", "image_head")
+FREEZABLE = ("backbone", "text_embeddings", "input_projector", "input_positions", "output_projector", "output_slots", "image_head")
 
 
 class UnifiedVLM(pl.LightningModule):
@@ -36,10 +36,11 @@ class UnifiedVLM(pl.LightningModule):
             tokenizer with the project's tokens added (the data's `tokenizer` must name the same).
         input_encoder / output_encoder: checkpoints (or trained encoder names) of the frozen encoders that
             read images and whose tokens are generated (default output: the input encoder, one shared space).
-        backbone: "tiny" | "small" | "base" | "hf:/path/to/local/causal-lm"; backbone_overrides: its
+        backbone: "micro" | "tiny" | "small" | "base" | "hf:/path/to/local/causal-lm"; backbone_overrides: its
             BackboneConfig fields, or `models.hf_backbone.HFBackbone` options (dtype, lora, ...).
         head / head_options: a registered image head (`lightning-vlm plugins`) and its keyword options.
-        image_loss_weight, prompt_dropout, context_noise, standardize_features, output_slot_embedding: see `models.VLM`.
+        image_loss_weight, prompt_dropout, context_noise, standardize_features, output_slot_embedding,
+            input_position_embedding: see `models.VLM`.
         misalign_strength / misalign_seed / misalign_rotation: the alignment study's affine map on the input side.
         freeze: parts kept fixed: any of FREEZABLE.
         lr / projector_lr / weight_decay / warmup_ratio: AdamW with linear warm-up then cosine decay.
@@ -77,6 +78,7 @@ class UnifiedVLM(pl.LightningModule):
         grid_images: int = 8,
         prompt_dropout: float = 0.0,
         output_slot_embedding: bool = True,
+        input_position_embedding: bool = False,
         standardize_features: bool = False,
         context_noise: float = 0.0,
         use_token_cache: bool = True,
@@ -93,6 +95,7 @@ class UnifiedVLM(pl.LightningModule):
             tokenizer_path, input_encoder, output_encoder, backbone, backbone_overrides, head, head_options,
             misalign={"strength": misalign_strength, "seed": misalign_seed, "rotation": misalign_rotation},
             standardize_features=standardize_features, output_slot_embedding=output_slot_embedding,
+            input_position_embedding=input_position_embedding,
             prompt_dropout=prompt_dropout, context_noise=context_noise, image_loss_weight=image_loss_weight)
         if compile_backbone:
             self.model.compile_backbone()
@@ -169,7 +172,7 @@ class UnifiedVLM(pl.LightningModule):
         if not batch["image_out_mask"].any():
             idle += [m.image_head, m.output_projector] + ([m.output_slots] if m.output_slots is not None else [])
         if not batch["image_in_mask"].any():
-            idle.append(m.input_projector)
+            idle += [m.input_projector] + ([m.input_positions] if m.input_positions is not None else [])
         params = [p for part in idle for p in part.parameters() if p.requires_grad]
         return sum((p.sum() * 0 for p in params), torch.zeros((), device=self.device))
 
@@ -226,7 +229,7 @@ class UnifiedVLM(pl.LightningModule):
         self._val_logged["understanding"] |= bool(und)
         keep = torch.zeros(len(real["meta"]), dtype=torch.bool, device=real["is_padding"].device)
         keep[gen + und] = True
-        evaluator = VLMEvaluator(Scorer(), self.generation_settings())  # scores nothing: val shows outputs, test scores them.to(self.device)
+        evaluator = VLMEvaluator(Scorer(), self.generation_settings()).to(self.device)  # scores nothing: val shows outputs, test scores them
         evaluator.update(self.model, select_rows(real, keep), torch.Generator().manual_seed(0), keep_examples=len(und) * 4)
         log_examples(self, evaluator, "val")
 
