@@ -5,30 +5,48 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/smartwatch
 
-.PHONY: install quickstart curriculum test bench clean
+.PHONY: install quickstart stage0 curriculum test bench clean
 
+# The main job needs the package alone; the tests also need pytest, the Hugging Face extras and the
+# example plugin (installed by `make test`, not by `make quickstart`).
 $(BIN)/lightning-vlm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/lightning-vlm
 	$(BIN)/pip install -q -e ".[test,hf]"  # hf: the Hugging Face backbone/encoder tests run too
 	$(BIN)/pip install -q -e plugins/lightning-vlm-flow
 	touch $@
 
 install: $(BIN)/lightning-vlm
 
-# The main job on the built-in synthetic data: data -> attribute reader and stage-0 VQ
-# encoder (when missing; the encoder fit ends with the reader's check of its
-# reconstructions) -> its token cache (training then skips the encoder) -> fit the
-# quickstart VLM -> test it (prints the metrics table).
+# The main job on the built-in synthetic data: data -> token cache of the shipped VQ tokenizer
+# (stage0/vq.ckpt; training then skips the encoder) -> fit the quickstart VLM -> test it (one
+# metrics table, chance beside each, and the generated-vs-truth grid). Stage 0 (the attribute
+# reader and the encoders) ships in stage0/; `make stage0` rebuilds it.
 quickstart: install
 	@if [ -f $(DATA)/manifest.json ]; then $(BIN)/lightning-vlm data summary $(DATA); \
 	else $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA); fi
-	@test -f runs/reader/best.ckpt || $(BIN)/lightning-vlm fit --config configs/eval/reader.yaml
-	@test -f runs/encoders/vq.ckpt || $(BIN)/lightning-vlm fit --config configs/encoders/vq.yaml
-	$(BIN)/lightning-vlm encode --encoder vq --checkpoint runs/encoders/vq.ckpt --data $(DATA)
+	$(BIN)/lightning-vlm encode --encoder vq --checkpoint stage0/vq.ckpt --data $(DATA)
 	$(BIN)/lightning-vlm fit --config configs/smartwatch/quickstart.yaml
 	$(BIN)/lightning-vlm test --config configs/smartwatch/quickstart.yaml --ckpt_path runs/quickstart/last.ckpt
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs"
+
+# Rebuilds the shipped stage 0 from the generator's data: each fit, then its fp16 copy in stage0/
+# checked on fresh renders, with the command, commit, CPU and scores in stage0/provenance.json.
+# ENCODERS="vq" rebuilds the reader and the VQ tokenizer only.
+ENCODERS ?= vq ae semantic
+STAGE0_PACK = $(BIN)/python -m lightning_vlm.smartwatch.stage0 pack
+stage0: install
+	@test -f $(DATA)/manifest.json || $(BIN)/lightning-vlm data smartwatch --config configs/data/smartwatch.yaml --out $(DATA)
+	$(BIN)/lightning-vlm fit --config configs/eval/reader.yaml
+	$(STAGE0_PACK) reader runs/reader/best.ckpt --command "lightning-vlm fit --config configs/eval/reader.yaml"
+	@for enc in $(ENCODERS); do \
+	  $(BIN)/lightning-vlm fit --config configs/encoders/$$enc.yaml || exit 1; \
+	  $(STAGE0_PACK) $$enc runs/encoders/$$enc.ckpt --command "lightning-vlm fit --config configs/encoders/$$enc.yaml" || exit 1; \
+	done
 
 # A curriculum: each stage overlay (configs/smartwatch/curriculum/) composed after the cell config,
 # each stage in runs/<cell>_<stage> and started from the previous stage's last.ckpt (docs/configs.md).
@@ -45,10 +63,10 @@ curriculum: install
 	  prev=$$run/last.ckpt; \
 	done
 
-test: install
+test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/step_efficiency.py --config configs/smartwatch/quickstart.yaml
 	$(BIN)/python benchmarks/generation.py

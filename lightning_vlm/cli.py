@@ -128,6 +128,8 @@ def cli_class():
             if sub:
                 fill_run_dir(self.config[sub])
                 choose_cpu_precision(self.config[sub])
+            if sub in ("test", "validate") and "verbose" in self.config[sub]:
+                self.config[sub]["verbose"] = False  # UnifiedVLM prints one metrics table, with chance levels
 
     class FailFastCLI(VLMCLI):
         """Checks the files a run opens late (test-time reader, --ckpt_path) before building anything."""

@@ -28,6 +28,7 @@ class Scorer(nn.Module):
     """
 
     metric_names: tuple[str, ...] = ()
+    chance: dict[str, float] = {}  # what a model that learnt nothing scores, per metric name (printed beside it)
 
     def score_text(self, meta: dict, text: str, turn: int) -> list[tuple[str, float]]:
         """Scores one generated answer to the `turn`-th question of a vqa sample, or a caption."""

@@ -38,6 +38,16 @@ METRIC_NAMES = tuple(
     + [f"gen/{g}" for g in GROUPS] + ["gen/corner_filled"] + breakdown_names("gen")
 )
 
+# What a model that learnt nothing scores (benchmarks/RESULTS.md, "Chance levels", 1,000 draws each):
+# VQA, the better of a uniform random and the best constant answer; generated images, the reader on a
+# random other watch scored against the request.
+CHANCE = {
+    "vqa/time": 0.500, "vqa/weather": 0.326, "vqa/battery": 0.747, "vqa/weather_position": 0.263,
+    "vqa/battery_position": 0.247, "vqa/position": 0.255,
+    "gen/time": 0.503, "gen/weather": 0.338, "gen/battery": 0.655, "gen/weather_position": 0.247,
+    "gen/battery_position": 0.251,
+}
+
 
 def load_reader(path: str) -> AttributeReader:
     """The attribute reader checkpoint at `path`, in eval mode; a missing file fails in one line."""
@@ -52,6 +62,7 @@ class SmartWatchScorer(Scorer):
     """Scores answers, captions and (with an attribute reader) generated images of the smart-watch world."""
 
     metric_names = METRIC_NAMES
+    chance = CHANCE
 
     def __init__(self, reader: AttributeReader | None = None):
         super().__init__()

@@ -30,10 +30,21 @@ def log_examples(module, evaluator, stage: str, images: bool = True, answers: bo
         tb.add_text(f"{stage}/answers", "\n\n".join(lines), step)
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column table of metric names and values."""
-    width = max(len(k) for k in metrics) if metrics else 10
-    return "\n".join(f"{k:<{width}}  {v:8.4f}" for k, v in sorted(metrics.items()))
+def format_metrics(metrics: dict[str, float], chance: dict[str, float] | None = None) -> str:
+    """One table of the headline metrics, the chance level beside each; per-value breakdowns
+    (e.g. test/vqa/weather/cloudy) are counted, not listed: they are in the metrics file."""
+    chance = chance or {}
+    split = lambda name: name.split("/", 1)  # noqa: E731  ("test", "vqa/weather")
+    headline = {k: v for k, v in metrics.items() if k.count("/") <= 2 or "/correct/" in k}
+    width = max([len(k) for k in headline] + [6])
+    lines = [f"{'metric':<{width}}  {'value':>9}  {'chance':>7}"]
+    for name, value in sorted(headline.items()):
+        level = chance.get(split(name)[-1])
+        lines.append(f"{name:<{width}}  {value:9.4f}  {'' if level is None else f'{level:7.3f}'}")
+    more = len(metrics) - len(headline)
+    if more:
+        lines.append(f"(+ {more} per-value breakdowns, e.g. vqa/weather/cloudy, in the metrics file)")
+    return "\n".join(lines)
 
 
 def save_generated_grid(generated: torch.Tensor, truth: torch.Tensor, prompts: list[str], path, rows: int = 8, scale: int = 2) -> None:
