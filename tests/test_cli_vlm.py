@@ -205,3 +205,25 @@ def test_each_curriculum_stage_starts_from_the_one_before(overlay, tmp_path):
         assert (f"init_weights: started from the weights of {previous}" in out) if previous else ("init_weights" not in out)
         previous = f"runs/vq_vq_stage{n}/last.ckpt"
         assert torch.load(tmp_path / previous, weights_only=False)["global_step"] == 2
+
+
+def test_val_scores_equal_the_test_metrics_of_the_same_checkpoint_and_split(overlay, tmp_path):
+    """ValScores in the fit process and `lightning-vlm test` on the val split score one checkpoint alike."""
+    config = str(ROOT / "configs/smartwatch/vq_vq.yaml")
+    layer = overlay("vq", "vq")
+    cli("fit", "--config", config, "--config", layer, "--config", str(ROOT / "configs/eval/val_scores.yaml"),
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0", cwd=tmp_path)
+    record = json.loads((tmp_path / "runs/vq_vq/val_scores.jsonl").read_text().splitlines()[-1])
+    cli("test", "--config", config, "--config", layer, "--ckpt_path", "runs/vq_vq/last.ckpt",
+        "--data.init_args.test_split", "val", cwd=tmp_path)
+    tested = json.loads((tmp_path / "runs/vq_vq/last.test_metrics.json").read_text())
+    assert record["step"] == 2
+    assert {f"test/{k}": v for k, v in record["metrics"].items()} == pytest.approx(tested, rel=1e-6)
+
+
+def test_val_scores_count_the_samples_of_each_task(overlay, tmp_path):
+    layer = overlay("vq", "vq")
+    cli("fit", "--config", str(ROOT / "configs/smartwatch/vq_vq.yaml"), "--config", layer, "--config", str(ROOT / "configs/eval/val_scores.yaml"),
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0", cwd=tmp_path)
+    record = json.loads((tmp_path / "runs/vq_vq/val_scores.jsonl").read_text().splitlines()[-1])
+    assert sum(record["samples"].values()) == 2 * 4  # two batches of 4

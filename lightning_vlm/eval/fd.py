@@ -8,6 +8,8 @@ reader), so nothing is downloaded and the numbers measure what the dataset cares
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -56,9 +58,11 @@ class ReaderDistances(nn.Module):
         super().__init__()
         features = ReaderFeatures(reader)
         self.fd = FrechetInceptionDistance(feature=features, normalize=True)
-        self.kid = KernelInceptionDistance(
-            feature=features, subsets=kid_subsets, subset_size=kid_subset_size, normalize=True
-        )
+        with warnings.catch_warnings():  # "will save all extracted features in buffer": 256-d features of a test split, by design
+            warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*will save all extracted features")
+            self.kid = KernelInceptionDistance(
+                feature=features, subsets=kid_subsets, subset_size=kid_subset_size, normalize=True
+            )
         self.kid_subset_size = kid_subset_size
 
     def update(self, images: torch.Tensor, real: bool) -> None:
@@ -79,7 +83,9 @@ class ReaderDistances(nn.Module):
         if n < 2:
             raise RuntimeError(f"FD-reader / KID-reader need at least 2 real and 2 generated images, got {n}")
         self.kid.subset_size = self.kid_subset_size if n >= self.kid_subset_size else max(2, n // 2)
-        kid_mean, kid_std = self.kid.compute()
+        with torch.random.fork_rng(devices=[]):  # KID draws random subsets: the same ones every time, as at test
+            torch.manual_seed(0)
+            kid_mean, kid_std = self.kid.compute()
         fd = float(self.fd.compute())
         return {"fd_reader": fd, "kid_reader_mean": float(kid_mean), "kid_reader_std": float(kid_std)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,6 +25,11 @@ from ..eval.evaluator import GenerationSettings, VLMEvaluator, select_rows
 from ..models import checkpoints
 from .build import build_vlm
 from .examples import format_metrics, log_examples, save_generated_grid, tensorboard
+
+# The frozen image encoders stay in eval mode by design (their BatchNorm statistics are part of the
+# tokenizer), so Lightning's "Found N module(s) in eval mode at the start of training" says nothing a
+# user can act on; `on_fit_start` checks that nothing else is in eval mode instead.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 FREEZABLE = ("backbone", "text_embeddings", "input_projector", "input_positions", "output_projector", "output_slots", "image_head")
 
@@ -284,6 +290,10 @@ class UnifiedVLM(pl.LightningModule):
         return predict_requests(self.model, batch, self.generation_settings(), torch.Generator().manual_seed(batch_idx))
 
     def on_fit_start(self) -> None:
+        frozen = {id(m) for e in (self.model.input_encoder, self.model.output_encoder) for m in e.modules()}
+        stray = [n for n, m in self.named_modules() if not m.training and id(m) not in frozen]
+        if stray:
+            rank_zero_warn(f"{len(stray)} module(s) besides the frozen encoders are in eval mode at the start of training, e.g. {stray[0]}")
         tb = tensorboard(self)
         if tb is not None and self.trainer.is_global_zero:
             hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
