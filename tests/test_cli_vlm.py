@@ -40,8 +40,9 @@ def overlay(tmp_path_factory, tiny_data):
 
 
 def encoders_of(config: Path) -> tuple[str, str]:
+    """The encoder names a config's cell reads and writes (a shipped file stage0/vq.ckpt counts as vq)."""
     args = yaml.safe_load(config.read_text())["model"]["init_args"]
-    return args["input_encoder"], args["output_encoder"]
+    return Path(args["input_encoder"]).stem, Path(args["output_encoder"]).stem
 
 
 def cli(*args, cwd):
