@@ -2,9 +2,10 @@
 
 A conv tokenizer's token (VQ, AE) carries what is in its patch but not where the patch is, and
 the backbone's rotary positions are relative: without an absolute position the model must find
-"top left" by counting tokens from <boi>, and the smart watch's corner questions stayed on their
-plateau for thousands of steps (benchmarks/RESULTS.md, "Calibration"). Vision towers of
-LLaVA-style models give every patch a position embedding; this is that for the input slots.
+"top left" by counting tokens from <boi> (the tiny backbone's corner questions stayed on their
+plateau for thousands of steps: benchmarks/RESULTS.md, "Curriculum"). Vision towers of LLaVA-style
+models give every patch a position embedding; this is that for the input slots. At micro size the
+corners left their plateau about as fast without it (one seed each: RESULTS, "Calibration").
 
 Row and column get one table each (side x dim) and a token gets their sum: 2 x 8 rows for an
 8 x 8 grid instead of 64, and each row entry is trained by every token of its row.
