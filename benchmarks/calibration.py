@@ -13,14 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from lightning_vlm.precision import cpu_name
+
 BARS = {"vqa/weather": 0.9, "vqa/weather_position": 0.9, "vqa/battery_position": 0.9, "gen/weather": 0.8}
 ALSO = ["gen/weather_position", "gen/battery_position", "gen/time", "gen/battery", "vqa/total", "vqa/time", "vqa/battery"]
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
 
 
 def curve(run: Path) -> list[dict]:
@@ -40,7 +36,7 @@ def cell(r: dict | None) -> str:
 
 
 def main(runs: list[str]) -> None:
-    print(f"CPU: {cpu_model()}; cells: step / training minutes at the first validation at or above the bar ('-': never)")
+    print(f"CPU: {cpu_name()}; cells: step / training minutes at the first validation at or above the bar ('-': never)")
     head = ["run", "s/step"] + [f"{m} >= {b}" for m, b in BARS.items()] + ["all bars", "last step"] + [m.replace("/", " ") for m in list(BARS) + ALSO]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

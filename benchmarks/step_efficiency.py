@@ -29,16 +29,11 @@ MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.at
 
 
 def cpu_model() -> tuple[str, bool]:
-    name, amx = "unknown CPU", False
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                amx = "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return name, amx
+    """(the CPU's model name, whether it has AMX), printed beside every speed figure."""
+    from lightning_vlm.models.backbone import cpu_has_amx
+    from lightning_vlm.precision import cpu_name
+
+    return cpu_name(), cpu_has_amx()
 
 
 class MatmulShapes(TorchDispatchMode):

@@ -171,5 +171,5 @@ class ValScores(Callback):
         self.evaluator = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit":
+        if trainer.state.fn == "fit":
             self._since = time.perf_counter()

@@ -45,6 +45,17 @@ def cpu_has_bf16_instructions() -> bool:
             return False
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what `platform` knows), printed beside speed figures."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor() or "unknown CPU")
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
 def runs_on_cpu(accelerator) -> bool:
     """A trainer's accelerator setting resolves to the CPU ("auto" without a GPU included)."""
     name = str(accelerator or "auto").lower()

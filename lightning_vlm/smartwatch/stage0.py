@@ -63,22 +63,17 @@ def fresh_watches(n: int = CHECK_IMAGES, seed: int = CHECK_SEED, image_size: int
     return torch.stack(images), attrs
 
 
-def load_reader(path: Path | str):
-    from .reader import AttributeReader
-
-    return AttributeReader.load(path)
-
-
 @torch.no_grad()
 def quality(name: str, path: Path | str, reader_path: Path | str, n: int = CHECK_IMAGES) -> dict:
     """{"scores": per group, ["ratios": per group, "psnr"]} of the file at `path` on n fresh renders."""
     from ..encoders.base import load_encoder_checkpoint
     from .encoder_check import reconstruct, reconstruction_rows
+    from .reader import AttributeReader
 
     images, attrs = fresh_watches(n)
     if name == "reader":
-        return {"scores": load_reader(path).score_images(images, attrs)}
-    rows = reconstruction_rows(load_reader(reader_path), images, attrs, {name: reconstruct(load_encoder_checkpoint(path), images)})
+        return {"scores": AttributeReader.load(path).score_images(images, attrs)}
+    rows = reconstruction_rows(AttributeReader.load(reader_path), images, attrs, {name: reconstruct(load_encoder_checkpoint(path), images)})
     base, recon = rows[0]["scores"], rows[1]["scores"]
     return {"scores": recon, "ratios": {g: recon[g] / base[g] for g in GROUPS if base[g] > 0}, "psnr": rows[1]["psnr"]}
 
@@ -103,11 +98,9 @@ def small_checkpoint(source: Path | str) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    from ..precision import cpu_has_native_bf16
+    from ..precision import cpu_has_native_bf16, cpu_name
 
-    return {"cpu": cpu, "torch_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
+    return {"cpu": cpu_name(), "torch_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
             "torch": torch.__version__, "python": platform.python_version()}
 
 

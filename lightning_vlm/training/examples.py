@@ -34,12 +34,11 @@ def format_metrics(metrics: dict[str, float], chance: dict[str, float] | None = 
     """One table of the headline metrics, the chance level beside each; per-value breakdowns
     (e.g. test/vqa/weather/cloudy) are counted, not listed: they are in the metrics file."""
     chance = chance or {}
-    split = lambda name: name.split("/", 1)  # noqa: E731  ("test", "vqa/weather")
     headline = {k: v for k, v in metrics.items() if k.count("/") <= 2 or "/correct/" in k}
     width = max([len(k) for k in headline] + [6])
     lines = [f"{'metric':<{width}}  {'value':>9}  {'chance':>7}"]
     for name, value in sorted(headline.items()):
-        level = chance.get(split(name)[-1])
+        level = chance.get(name.split("/", 1)[-1])  # "test/vqa/weather" -> "vqa/weather"
         lines.append(f"{name:<{width}}  {value:9.4f}  {'' if level is None else f'{level:7.3f}'}")
     more = len(metrics) - len(headline)
     if more:

@@ -275,7 +275,7 @@ class UnifiedVLM(pl.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
             grid = getattr(self, "_grid_path", None)
-            print(format_metrics(metrics, getattr(self.evaluator.scorer, "chance", {})) + f"\nmetrics written to {path}" + (f"\ngenerated images beside the truth: {grid}" if grid else ""))
+            print(format_metrics(metrics, self.evaluator.scorer.chance) + f"\nmetrics written to {path}" + (f"\ngenerated images beside the truth: {grid}" if grid else ""))
 
     def metrics_path(self) -> Path:
         """<checkpoint>.test_metrics.json beside the tested checkpoint, else test_metrics.json in the log dir."""
