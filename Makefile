@@ -64,7 +64,7 @@ curriculum: install
 	done
 
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto   # one worker per core (tests/conftest.py splits the threads)
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/data_pipeline.py

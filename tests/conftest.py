@@ -1,7 +1,18 @@
+import os
+
 import pytest
+import torch
 
 from lightning_vlm.smartwatch.config import load_config
 from lightning_vlm.smartwatch.writer import write_dataset
+
+# `make test` runs the tests in one pytest-xdist worker per core. Each worker, and each CLI process it
+# starts (they inherit OMP_NUM_THREADS), gets its share of the cores: two 2-thread torch processes on
+# 2 cores spin against each other and run many times slower than one.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TINY = {
     "splits.train.images": 12,

@@ -12,6 +12,7 @@ from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tasks import TASKS
 from lightning_vlm.models.generation import _prefill_last, _up_to_stop, generate_images, generate_text, image_tokens, prompt_for, unconditional
 from lightning_vlm.training import UnifiedVLM
+from lightning_vlm.training.module import lr_factor
 from tiny_encoders import export_tiny_encoders
 
 TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
@@ -501,3 +502,19 @@ def test_grid_positions_of_a_non_square_count_get_one_entry_each():
     from lightning_vlm.models.positions import GridPositionEmbedding
 
     assert GridPositionEmbedding(12, 8)().shape == (12, 8)
+
+
+def test_lr_warms_up_from_near_zero():
+    assert lr_factor(0, warmup=10, total=100, floor=0.1) == pytest.approx(1e-3)
+
+
+def test_lr_peaks_when_warm_up_ends():
+    assert lr_factor(10, warmup=10, total=100, floor=0.1) == pytest.approx(1.0)
+
+
+def test_lr_ends_at_its_floor():
+    assert lr_factor(100, warmup=10, total=100, floor=0.1) == pytest.approx(0.1)
+
+
+def test_lr_floor_one_holds_the_peak_after_warm_up():
+    assert lr_factor(60, warmup=10, total=100, floor=1.0) == pytest.approx(1.0)

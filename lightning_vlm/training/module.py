@@ -9,8 +9,10 @@ examples, evaluate it (`eval.evaluator` with the data's scorer) and keep checkpo
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -49,7 +51,8 @@ class UnifiedVLM(pl.LightningModule):
             input_position_embedding: see `models.VLM`.
         misalign_strength / misalign_seed / misalign_rotation: the alignment study's affine map on the input side.
         freeze: parts kept fixed: any of FREEZABLE.
-        lr / projector_lr / weight_decay / warmup_ratio: AdamW with linear warm-up then cosine decay.
+        lr / projector_lr / weight_decay / warmup_ratio / min_lr_ratio: AdamW with linear warm-up, then cosine
+            decay to min_lr_ratio x lr at the last step (1.0: constant after warm-up).
         max_new_tokens / text_temperature / guidance_scale: how answers and images are sampled at test time.
         grid_images: generated images and answers logged to TensorBoard per validation.
         use_token_cache: read encoder outputs from `lightning-vlm encode`'s cache beside the data when it
@@ -78,6 +81,7 @@ class UnifiedVLM(pl.LightningModule):
         projector_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.03,
+        min_lr_ratio: float = 0.1,
         max_new_tokens: int = 40,
         text_temperature: float = 0.0,
         guidance_scale: float = 1.0,
@@ -313,10 +317,14 @@ class UnifiedVLM(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), foreach=True)  # fused=True would forbid Lightning's gradient clipping
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(hp.warmup_ratio * total))
-        schedule = torch.optim.lr_scheduler.SequentialLR(
-            optimizer,
-            [torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, warmup),
-             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total - warmup), eta_min=0.1 * hp.lr)],
-            milestones=[warmup],
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total, floor=hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """The learning rate at `step` as a fraction of each group's own: linear warm-up from 1e-3 over
+    `warmup` steps, then a cosine from 1 down to `floor` at step `total` (floor 1: constant)."""
+    if step < warmup:
+        return 1e-3 + (1 - 1e-3) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
