@@ -518,3 +518,8 @@ def test_lr_ends_at_its_floor():
 
 def test_lr_floor_one_holds_the_peak_after_warm_up():
     assert lr_factor(60, warmup=10, total=100, floor=1.0) == pytest.approx(1.0)
+
+
+def test_a_min_lr_ratio_above_one_is_refused(tiny_data, encoders):
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        make_module("discrete", tiny_data, encoders, "vq", "vq", min_lr_ratio=2.0)

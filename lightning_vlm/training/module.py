@@ -101,6 +101,8 @@ class UnifiedVLM(pl.LightningModule):
         bad = set(freeze or []) - set(FREEZABLE)
         if bad:
             raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
+        if not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio is the cosine's floor as a fraction of lr, in [0, 1]; got {min_lr_ratio}")
         self.model, self.encoder_paths = build_vlm(
             tokenizer_path, input_encoder, output_encoder, backbone, backbone_overrides, head, head_options,
             misalign={"strength": misalign_strength, "seed": misalign_seed, "rotation": misalign_rotation},
