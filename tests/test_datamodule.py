@@ -11,10 +11,11 @@ from torch.utils.data import DataLoader
 
 from lightning_vlm.data.collate import TASK_INDEX
 from lightning_vlm.data.dataset import dataset_of
-from lightning_vlm.data.datamodule import VLMDataModule, resolve_task_samples
+from lightning_vlm.data.datamodule import VLMDataModule, resolve_task_plan, resolve_task_samples
 from lightning_vlm.data.open_answers import OpenAnswerScorer
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest
 from lightning_vlm.data.stream import ShardStream
+from lightning_vlm.data.tasks import TASKS
 from lightning_vlm.smartwatch.caption import score_caption
 from lightning_vlm.smartwatch.dataset import SmartWatchDataset
 from lightning_vlm.smartwatch.scorer import SmartWatchScorer
@@ -133,6 +134,47 @@ def test_presets_and_weights():
     assert resolve_task_samples({"vqa": 3, "generation": 1}, sizes, 400) == {"vqa": 300, "generation": 100}
     with pytest.raises(ValueError, match="unknown task_weights preset 'mixd'"):
         resolve_task_samples("mixd", sizes, None)
+
+
+def test_a_list_of_task_weights_is_one_entry_per_epoch():
+    sizes = {"vqa": 100, "caption": 100, "generation": 50}
+    plan = resolve_task_plan(["generation_only", {"vqa": 1, "generation": 1}], sizes, 40)
+    assert plan == [{"generation": 40}, {"vqa": 20, "generation": 20}]
+
+
+def test_a_list_of_task_weights_needs_epoch_samples():
+    with pytest.raises(ValueError, match="needs data.init_args.epoch_samples"):
+        resolve_task_plan(["generation_only", "mixed"], {"vqa": 10, "generation": 10}, None)
+
+
+def schedule_epochs(data_dir, epochs=3):
+    """Keys and tasks of each epoch of a generation-first schedule (one rank, no workers)."""
+    dm = VLMDataModule(str(data_dir), num_workers=0, batch_size=3, epoch_samples=6, image_tokens_in=4, image_tokens_out=5,
+                       task_weights=["generation_only", {"vqa": 1, "generation": 1}])
+    ds = dm.stream("train", train=True)
+    out = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        batches = list(ds)
+        out.append(([k for b in batches for k in b["keys"]], {TASKS[i] for b in batches for i in b["task"].tolist()}))
+    return ds, out
+
+
+def test_a_schedule_gives_each_epoch_its_own_tasks(tiny_data):
+    _, epochs = schedule_epochs(tiny_data)
+    assert [tasks for _, tasks in epochs] == [{"generation"}, {"vqa", "generation"}, {"vqa", "generation"}]
+
+
+def test_a_schedule_keeps_the_epoch_length(tiny_data):
+    ds, epochs = schedule_epochs(tiny_data)
+    assert [len(keys) for keys, _ in epochs] == [len(ds) * 3] * 3
+
+
+def test_a_schedule_goes_on_in_each_tasks_stream(tiny_data):
+    """The 3 generation samples of epoch 1 follow the 6 of epoch 0 in the stream: none repeated."""
+    _, epochs = schedule_epochs(tiny_data, epochs=2)
+    generation = [k for keys, _ in epochs for k in keys if k.endswith("generation")]
+    assert len(generation) == len(set(generation)) == 9
 
 
 def test_missing_data_dir_fails_with_one_line(tmp_path):

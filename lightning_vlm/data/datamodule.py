@@ -7,7 +7,9 @@ and worker, bad samples skipped, mid-epoch resume).
 
 Task weights: a preset runs one pass per epoch over the named tasks ("mixed": all
 three, "understanding_only": vqa + caption, "generation_only": generation); a
-{task: weight} mapping makes each task that share of `epoch_samples` instead.
+{task: weight} mapping makes each task that share of `epoch_samples` instead. A list of
+them is a schedule, one entry per epoch and the last repeated (e.g. generation only for
+the first epoch, then mixed), in epochs of `epoch_samples` each: one fit, one optimiser.
 """
 
 from __future__ import annotations
@@ -55,13 +57,24 @@ def resolve_task_samples(weights: str | dict[str, float], pool_sizes: dict[str, 
     return {t: int(round(total * w / norm)) for t, w in weights.items() if w > 0}
 
 
+def resolve_task_plan(weights, pool_sizes: dict[str, int], epoch_samples: int | None) -> dict[str, int] | list[dict[str, int]]:
+    """`resolve_task_samples` of one entry, or of each entry of a per-epoch list (which needs `epoch_samples`)."""
+    if not isinstance(weights, (list, tuple)):
+        return resolve_task_samples(weights, pool_sizes, epoch_samples)
+    if not weights:
+        raise ValueError("task_weights: an empty list; give one entry per epoch (the last repeats)")
+    if epoch_samples is None:
+        raise ValueError("task_weights as a list (one entry per epoch) needs data.init_args.epoch_samples: every epoch is that long")
+    return [resolve_task_samples(w, pool_sizes, epoch_samples) for w in weights]
+
 
 class VLMDataModule(pl.LightningDataModule):
     """Mixed-task batches from the shards of any dataset (`lightning-vlm data ...`), and its test scorer.
 
     Args:
         data_dir: folder holding manifest.json, tokenizer.json and the shards.
-        task_weights: "mixed", "understanding_only", "generation_only", or {task: weight}.
+        task_weights: "mixed", "understanding_only", "generation_only", or {task: weight}; or a list of
+            these, one per epoch with the last repeated (a schedule; needs epoch_samples).
         batch_size: samples per batch and rank; `eval_batch_size` for val/test (default: same).
         num_workers: DataLoader worker processes per rank.
         image_tokens_in / image_tokens_out: image slots per input / output image (the encoders' token counts).
@@ -87,7 +100,7 @@ class VLMDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/smartwatch",
-        task_weights: str | dict[str, float] = "mixed",
+        task_weights: str | dict[str, float] | list[str | dict[str, float]] = "mixed",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -116,7 +129,7 @@ class VLMDataModule(pl.LightningDataModule):
             self.dataset.plan_generation({})  # fails now, not in a worker: the dataset writes no plan
         self.tokenizer = load_tokenizer(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])  # tokenizer.json or hf:/folder
         self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out)
-        self.train_task_samples = resolve_task_samples(task_weights, self.pool_sizes(train_split), epoch_samples)
+        self.train_task_samples = resolve_task_plan(task_weights, self.pool_sizes(train_split), epoch_samples)
         bad = set(eval_tasks or []) - set(TASKS)
         if bad:
             raise ValueError(f"eval_tasks: unknown task(s) {sorted(bad)}; known: {', '.join(TASKS)}")

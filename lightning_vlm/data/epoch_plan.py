@@ -70,14 +70,19 @@ def slot_segments(
     seed: int,
     task: str,
     train: bool,
+    read_before: int | None = None,
 ) -> list[Segment]:
-    """The segments slot `slot` of `num_slots` reads for one task in one epoch."""
+    """The segments slot `slot` of `num_slots` reads for one task in one epoch.
+
+    read_before: the task's samples in all earlier epochs (default epoch x epoch_samples; a plan whose
+    task shares change from epoch to epoch passes its own sum), where this epoch goes on in the stream.
+    """
     total = sum(n for _, n in shards)
     if total == 0 or epoch_samples == 0:
         return []
     if train:
         q = epoch_samples // num_slots
-        begin = epoch * epoch_samples + slot * q
+        begin = (epoch * epoch_samples if read_before is None else read_before) + slot * q
         return stream_segments(shards, begin, begin + q, seed, task, shuffle=True)
     # evaluation: one ordered pass, every sample once, padded to equal slices
     lo, hi = slot * total // num_slots, (slot + 1) * total // num_slots

@@ -36,15 +36,18 @@ warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`
 class ShardStream(IterableDataset):
     """Collated batches of one split for one (rank, worker) slot; see the module docstring.
 
-    `meta_transform` rewrites each decoded sample's meta before it is tokenised (e.g. the
-    dataset's generation plan); it must be picklable for worker processes.
+    `task_samples` is {task: samples per epoch}, or a list of them, one per epoch (the last
+    repeats): a schedule, e.g. generation only first, then mixed. Every epoch of a training
+    schedule yields the same number of batches, its shortest epoch's, as Lightning reads the
+    loader's length once. `meta_transform` rewrites each decoded sample's meta before it is
+    tokenised (e.g. the dataset's generation plan); it must be picklable for worker processes.
     """
 
     def __init__(
         self,
         data_dir: str,
         split: str,
-        task_samples: dict[str, int],
+        task_samples: dict[str, int] | list[dict[str, int]],
         builder: SequenceBuilder,
         batch_size: int,
         train: bool,
@@ -59,8 +62,9 @@ class ShardStream(IterableDataset):
         length_buckets: int = 0,
     ):
         manifest = load_manifest(data_dir)
-        self.shards = {t: task_shards(manifest, data_dir, split, t) for t in task_samples}
-        self.task_samples = {t: n for t, n in task_samples.items() if n > 0 and self.shards[t]}
+        plan = task_samples if isinstance(task_samples, list) else [task_samples]
+        self.shards = {t: task_shards(manifest, data_dir, split, t) for epoch in plan for t in epoch}
+        self.task_plan = [{t: n for t, n in epoch.items() if n > 0 and self.shards[t]} for epoch in plan]
         self.split, self.builder, self.batch_size, self.train = split, builder, batch_size, train
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
@@ -70,7 +74,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.skip_batches = 0, 0
         if len(self) == 0:
             raise ValueError(
-                f"split '{split}' gives no batch per rank: {sum(self.task_samples.values())} samples over "
+                f"split '{split}' gives no batch per rank: {min(sum(e.values()) for e in self.task_plan)} samples over "
                 f"{self.num_slots} rank x worker slots with batch size {batch_size}; use fewer workers or a smaller batch"
             )
 
@@ -78,12 +82,23 @@ class ShardStream(IterableDataset):
     def num_slots(self) -> int:
         return self.world_size * max(1, self.num_workers)
 
-    def quotas(self) -> dict[str, int]:
-        return {t: slot_quota(sum(n for _, n in self.shards[t]), n, self.num_slots, self.train) for t, n in self.task_samples.items()}
+    @property
+    def task_samples(self) -> dict[str, int]:
+        """{task: samples} of the current epoch."""
+        return self.task_plan[min(self.epoch, len(self.task_plan) - 1)]
+
+    def read_before(self, task: str) -> int:
+        """Samples of `task` in the epochs before the current one: where this epoch goes on in its stream."""
+        return sum(self.task_plan[min(e, len(self.task_plan) - 1)].get(task, 0) for e in range(self.epoch))
+
+    def quotas(self, epoch_tasks: dict[str, int] | None = None) -> dict[str, int]:
+        tasks = self.task_samples if epoch_tasks is None else epoch_tasks
+        return {t: slot_quota(sum(n for _, n in self.shards[t]), n, self.num_slots, self.train) for t, n in tasks.items()}
 
     def batches_per_slot(self) -> int:
-        q = sum(self.quotas().values())
-        return q // self.batch_size if self.train else -(-q // self.batch_size)
+        if not self.train:
+            return -(-sum(self.quotas().values()) // self.batch_size)
+        return min(sum(self.quotas(epoch).values()) for epoch in self.task_plan) // self.batch_size
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (all its workers together)."""
@@ -107,7 +122,8 @@ class ShardStream(IterableDataset):
     def _task_stream(self, task: str, slot: int, counter: dict) -> Iterator[dict]:
         """Exactly `quota` decoded samples of `task` for this slot, whatever was unreadable."""
         quota = self.quotas()[task]
-        segments = slot_segments(self.shards[task], self.task_samples[task], self.epoch, slot, self.num_slots, self.seed, task, self.train)
+        segments = slot_segments(self.shards[task], self.task_samples[task], self.epoch, slot, self.num_slots, self.seed, task, self.train,
+                                 read_before=self.read_before(task))
         produced, last_good = 0, None
 
         def on_error(msg: str) -> None:

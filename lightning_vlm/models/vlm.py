@@ -117,10 +117,12 @@ class VLM(nn.Module):
         """(features [B, N, F] float, indices [B, N] or None) of the `side` ("input"/"output") encoder;
         from its token cache when the cache holds every id."""
         cache = self.token_caches.get(side)
+        encoder = self.input_encoder if side == "input" else self.output_encoder
         if cache is not None and image_ids is not None and cache.has(image_ids):
             feats, idx = cache.lookup(image_ids)
+            if hasattr(encoder, "from_cache"):  # e.g. grouped tokens over the cached encoder's
+                feats, idx = encoder.from_cache(feats, idx)
             return feats.to(self.device), None if idx is None else idx.to(self.device)
-        encoder = self.input_encoder if side == "input" else self.output_encoder
         feats, idx = encoder.encode(images.float())
         return feats.float(), idx
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.hf_tokenizer import HFTokenizer, load_tokenizer
 from ..encoders.base import load_encoder_checkpoint
+from ..encoders.grouped import GroupedTokens
 from ..heads import build_head
 from ..models.backbone import Backbone, BackboneConfig
 from ..models.projectors import AffineMisalignment
@@ -63,10 +64,13 @@ def build_backbone(spec: str, overrides: dict | None):
 
 
 def build_vlm(tokenizer_path: str, input_encoder: str, output_encoder: str | None, backbone: str, backbone_overrides: dict | None,
-              head: str, head_options: dict | None, misalign: dict, **vlm_options) -> tuple[VLM, dict[str, str]]:
+              head: str, head_options: dict | None, misalign: dict, input_token_group: int = 1, output_token_group: int = 1,
+              **vlm_options) -> tuple[VLM, dict[str, str]]:
     """(the VLM, {"input": path, "output": path} of its encoder checkpoints) from a config's strings.
 
     `misalign` holds strength, seed and rotation of the study's affine map (strength 0: none);
+    `input_token_group` / `output_token_group` g > 1 read / write an encoder's tokens in g x g blocks
+    (`encoders.grouped`; one encoder grouped alike on both sides stays one shared space);
     `vlm_options` go to `VLM` unchanged.
     """
     tokenizer = load_tokenizer(tokenizer_path)  # a tokenizer.json, or hf:/folder (the LM's own)
@@ -76,6 +80,12 @@ def build_vlm(tokenizer_path: str, input_encoder: str, output_encoder: str | Non
     with own_hyperparameters():
         encoder_in = load_encoder_checkpoint(in_path)
         encoder_out = encoder_in if shared else load_encoder_checkpoint(out_path)
+    grouped_in = GroupedTokens(encoder_in, input_token_group) if input_token_group != 1 else encoder_in
+    if shared and output_token_group == input_token_group:
+        encoder_out = grouped_in
+    elif output_token_group != 1:
+        encoder_out = GroupedTokens(encoder_out, output_token_group)
+    encoder_in = grouped_in
     net = build_backbone(backbone, backbone_overrides)
     text_layers = None
     if isinstance(tokenizer, HFTokenizer) and hasattr(net, "text_layers"):

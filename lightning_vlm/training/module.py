@@ -44,6 +44,9 @@ class UnifiedVLM(pl.LightningModule):
             tokenizer with the project's tokens added (the data's `tokenizer` must name the same).
         input_encoder / output_encoder: checkpoints (or trained encoder names) of the frozen encoders that
             read images and whose tokens are generated (default output: the input encoder, one shared space).
+        input_token_group / output_token_group: read / write the encoder's tokens in g x g blocks, one sequence
+            position each (`encoders.grouped`): 2 makes an 8 x 8 grid 16 positions; set the data's
+            image_tokens_in / image_tokens_out to match. Alike on both sides, one encoder stays one shared space.
         backbone: "micro" | "tiny" | "small" | "base" | "hf:/path/to/local/causal-lm"; backbone_overrides: its
             BackboneConfig fields, or `models.hf_backbone.HFBackbone` options (dtype, lora, ...).
         head / head_options: a registered image head (`lightning-vlm plugins`) and its keyword options.
@@ -68,6 +71,8 @@ class UnifiedVLM(pl.LightningModule):
         tokenizer_path: str,
         input_encoder: str,
         output_encoder: str | None = None,
+        input_token_group: int = 1,
+        output_token_group: int = 1,
         backbone: str = "tiny",
         backbone_overrides: dict | None = None,
         head: str = "discrete",
@@ -106,6 +111,7 @@ class UnifiedVLM(pl.LightningModule):
         self.model, self.encoder_paths = build_vlm(
             tokenizer_path, input_encoder, output_encoder, backbone, backbone_overrides, head, head_options,
             misalign={"strength": misalign_strength, "seed": misalign_seed, "rotation": misalign_rotation},
+            input_token_group=input_token_group, output_token_group=output_token_group,
             standardize_features=standardize_features, output_slot_embedding=output_slot_embedding,
             input_position_embedding=input_position_embedding,
             prompt_dropout=prompt_dropout, context_noise=context_noise, image_loss_weight=image_loss_weight)
@@ -150,6 +156,7 @@ class UnifiedVLM(pl.LightningModule):
         from ..registry import name_of
 
         for side, encoder in (("input", self.model.input_encoder), ("output", self.model.output_encoder)):
+            encoder = getattr(encoder, "cache_encoder", encoder)  # grouped tokens: the cache holds the inner encoder's
             name = name_of("encoders", type(encoder))
             self.model.token_caches[side] = TokenCache.open(data_dir, name, self.encoder_paths[side]) if name else None
 
