@@ -22,8 +22,8 @@ def overlay(tmp_path_factory, tiny_data):
     enc = export_tiny_encoders(folder, image_size=32)
     reader = export_tiny_reader(folder / "reader.ckpt")
 
-    def write(inp, out, **trainer):
-        path = folder / f"overlay-{inp}-{out}-{len(trainer)}.yaml"
+    def write(inp, out, groups=(1, 1), **trainer):
+        path = folder / f"overlay-{inp}-{out}-{groups[0]}-{groups[1]}-{len(trainer)}.yaml"
         path.write_text(yaml.safe_dump({
             "trainer": {"accelerator": "cpu", **trainer},
             "model": {"init_args": {
@@ -31,7 +31,7 @@ def overlay(tmp_path_factory, tiny_data):
                 "output_encoder": str(enc[out]), "max_new_tokens": 4,
                 "backbone_overrides": {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64},
             }},
-            "data": {"init_args": {"data_dir": str(tiny_data), "image_tokens_in": 16, "image_tokens_out": 16,
+            "data": {"init_args": {"data_dir": str(tiny_data), "image_tokens_in": 16 // groups[0]**2, "image_tokens_out": 16 // groups[1]**2,
                                    "batch_size": 4, "eval_batch_size": 15, "num_workers": 0, "reader": str(reader)}},
         }))
         return str(path)
@@ -45,6 +45,12 @@ def encoders_of(config: Path) -> tuple[str, str]:
     return Path(args["input_encoder"]).stem, Path(args["output_encoder"]).stem
 
 
+def token_groups_of(config: Path) -> tuple[int, int]:
+    """The (input, output) token groups a config reads and writes in (the tiny encoders' 16 tokens shrink by g^2)."""
+    args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    return args.get("input_token_group", 1), args.get("output_token_group", 1)
+
+
 def cli(*args, cwd):
     res = subprocess.run([sys.executable, "-m", "lightning_vlm", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
@@ -53,7 +59,7 @@ def cli(*args, cwd):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
-    layer = overlay(*encoders_of(config))
+    layer = overlay(*encoders_of(config), groups=token_groups_of(config))
     fast = ["--model.init_args.head_options", "{sampling_steps: 2}"] if "diffusion" in config.stem else []
     cli("fit", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "2", *fast, cwd=tmp_path)
     out = cli("test", "--config", str(config), "--config", layer, "--trainer.fast_dev_run", "1", *fast, cwd=tmp_path)
