@@ -34,3 +34,11 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("smartwatch")
     write_dataset(tiny_config(), out, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory, tiny_data):
+    """Tiny vq / semantic / ae checkpoints for 32 px images (a 4 x 4 token grid), for the model tests."""
+    from tiny_encoders import export_tiny_encoders
+
+    return export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)

@@ -9,14 +9,7 @@ from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.encoders.grouped import GroupedTokens, group_grid, ungroup_grid
 from lightning_vlm.models.generation import generate_images, prompt_for
 from lightning_vlm.training import UnifiedVLM
-from tiny_encoders import export_tiny_encoders, tiny_encoders
-
-TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
-
-
-@pytest.fixture(scope="module")
-def encoders(tmp_path_factory, tiny_data):
-    return export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
+from tiny_encoders import TINY_BACKBONE, tiny_encoders
 
 
 @pytest.fixture(scope="module")

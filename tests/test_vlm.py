@@ -13,14 +13,7 @@ from lightning_vlm.data.tasks import TASKS
 from lightning_vlm.models.generation import _prefill_last, _up_to_stop, generate_images, generate_text, image_tokens, prompt_for, unconditional
 from lightning_vlm.training import UnifiedVLM
 from lightning_vlm.training.module import lr_factor
-from tiny_encoders import export_tiny_encoders
-
-TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
-
-
-@pytest.fixture(scope="module")
-def encoders(tmp_path_factory, tiny_data):
-    return export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
+from tiny_encoders import TINY_BACKBONE
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,10 @@ from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
 
 
+# The backbone of the model tests: small enough that a fit of a few steps takes seconds.
+TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
+
+
 def tiny_encoders(image_size: int = 32, vocab_size: int = 1024) -> dict:
     """Untrained vq, ae and semantic encoders giving (image_size / 8)**2 tokens each."""
     torch.manual_seed(0)
