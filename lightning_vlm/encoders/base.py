@@ -72,6 +72,21 @@ class ImageEncoder(pl.LightningModule):
     def image_size(self) -> int:
         raise NotImplementedError
 
+    @property
+    def codes_per_token(self) -> int:
+        """Codebook indices per token (discrete encoders; a grouped encoder's token holds several)."""
+        return 1
+
+    # ---- token cache -------------------------------------------------------------------
+    @property
+    def cache_encoder(self) -> "ImageEncoder":
+        """The encoder whose tokens `lightning-vlm encode` caches for this one (itself, unless it wraps another)."""
+        return self
+
+    def from_cache(self, feats: torch.Tensor, indices: torch.Tensor | None):
+        """Cached tokens of `cache_encoder` -> this encoder's tokens (as they are, unless it wraps another)."""
+        return feats, indices
+
     def check_images(self, images: torch.Tensor) -> None:
         """Raises one clear line unless `images` is [B, 3, image_size, image_size]."""
         size = self.image_size

@@ -31,7 +31,7 @@ class DiscreteHead(ImageHead):
             raise ValueError(f"the discrete head needs a discrete output encoder; {type(encoder).__name__} is continuous")
         self.codes_from_indices = encoder.codes_from_indices  # a bound method: the encoder stays out of this module
         self.temperature = temperature
-        self.codebook_size, self.codes_per_token = encoder.codebook_size, getattr(encoder, "codes_per_token", 1)
+        self.codebook_size, self.codes_per_token = encoder.codebook_size, getattr(encoder, "codes_per_token", 1)  # duck-typed encoders: one
         self.proj = nn.Linear(dim, encoder.codebook_size * self.codes_per_token)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -120,8 +120,7 @@ class VLM(nn.Module):
         encoder = self.input_encoder if side == "input" else self.output_encoder
         if cache is not None and image_ids is not None and cache.has(image_ids):
             feats, idx = cache.lookup(image_ids)
-            if hasattr(encoder, "from_cache"):  # e.g. grouped tokens over the cached encoder's
-                feats, idx = encoder.from_cache(feats, idx)
+            feats, idx = encoder.from_cache(feats, idx)  # e.g. grouped tokens over the cached encoder's
             return feats.to(self.device), None if idx is None else idx.to(self.device)
         feats, idx = encoder.encode(images.float())
         return feats.float(), idx

@@ -156,7 +156,7 @@ class UnifiedVLM(pl.LightningModule):
         from ..registry import name_of
 
         for side, encoder in (("input", self.model.input_encoder), ("output", self.model.output_encoder)):
-            encoder = getattr(encoder, "cache_encoder", encoder)  # grouped tokens: the cache holds the inner encoder's
+            encoder = encoder.cache_encoder  # grouped tokens: the cache holds the inner encoder's
             name = name_of("encoders", type(encoder))
             self.model.token_caches[side] = TokenCache.open(data_dir, name, self.encoder_paths[side]) if name else None
 
