@@ -13,7 +13,8 @@ import yaml
 from lightning_vlm.study.commands import run_commands
 from lightning_vlm.study.layout import RunDir
 from lightning_vlm.study.main import study_main
-from lightning_vlm.study.report import collect_rows, write_report
+from lightning_vlm.study.records import records_from_runs
+from lightning_vlm.study.report import COLUMNS, collect_rows, write_report
 from lightning_vlm.study.runner import StudyRunner
 from lightning_vlm.study.spec import Run, SpecError, expand, load_spec, parse_shard, parse_spec, shard
 from lightning_vlm.study.stats import mean_ci, paired_differences, t_quantile, verdict
@@ -153,7 +154,7 @@ def test_resume_skips_done_runs_and_continues_from_last_ckpt(tmp_path, monkeypat
     lines = []
     assert StudyRunner(spec, tmp_path, log=lines.append).run_all(runs[:3]) == 0
     assert calls == ["fit"] + ["test"] * 4 + ["fit"] + ["test"] * 4  # the done run ran nothing
-    assert lines[0].startswith("[1/3] vq_vq-mixed-s0  elapsed 0m00s  left ?") and "done already" in lines[1]
+    assert lines[0].startswith("[1/3] vq_vq-mixed-s0-cpu  elapsed 0m00s  left ?") and "done already" in lines[1]
     record = json.loads(interrupted.run_json.read_text())
     assert record["fit_attempts"][0]["resumed_from"] == str(interrupted.last) and record["seed"] == 0
     assert (interrupted.path / "val" / "frac-0.50.ckpt").is_symlink() and interrupted.metrics(0.5, "val").is_file()
@@ -188,7 +189,7 @@ def fake_results(out: Path, spec, values: dict) -> None:
     for run in expand(spec):
         d = RunDir.of(out, run)
         (d.path / "val").mkdir(parents=True)
-        d.run_json.write_text(json.dumps({"run": run.name, "cell": run.cell, "regime": run.regime, "misalign": None, "variant": "default",
+        d.run_json.write_text(json.dumps({"study": spec.name, "scale": "cpu", "run": run.name, "cell": run.cell, "regime": run.regime, "misalign": None, "variant": "default",
                                           "seed": run.seed, "epoch_samples": spec.epoch_samples(run.regime), "epochs": 1, "fractions": [0.5, 1.0]}))
         (d.path / "fractions.json").write_text(json.dumps({"0.50": {"fraction": 0.5, "step": 3}, "1.00": {"fraction": 1.0, "step": 6}}))
         for f in (0.5, 1.0):
@@ -202,18 +203,19 @@ def test_report_writes_tidy_csv_markdown_and_plots(tmp_path):
                             chance={"vqa/total": 0.4}, metrics=["vqa/total", "gen/weather"]), root=ROOT)
     mixed, single = [0.8, 0.9, 0.85], [0.6, 0.65, 0.7]
     fake_results(tmp_path, spec, {**{("mixed", s): v for s, v in enumerate(mixed)}, **{("understanding_only", s): v for s, v in enumerate(single)}})
-    rows = collect_rows(tmp_path)
+    rows = collect_rows(records_from_runs(tmp_path))
     assert len(rows) == 6 * 2 * 3  # runs x fractions x (2 test metrics + 1 val metric)
-    row = next(r for r in rows if r["run"] == "vq_vq-understanding_only-s1" and r["fraction"] == 0.5 and r["split"] == "test" and r["metric"] == "vqa/total")
-    assert row["value"] == pytest.approx(0.325) and row["samples_seen"] == 8 and row["steps"] == 3
-    paths = write_report(tmp_path, spec)
-    assert paths["csv"].read_text().splitlines()[0] == "run,cell,regime,misalign,variant,seed,fraction,samples_seen,steps,split,metric,value"
+    row = next(r for r in rows if r["run"] == "vq_vq-understanding_only-s1-cpu" and r["fraction"] == 0.5 and r["split"] == "test" and r["metric"] == "vqa/total")
+    assert row["value"] == pytest.approx(0.325) and row["samples_seen"] == 8 and row["step"] == 3  # planned: no counts in these runs
+    paths = write_report(tmp_path, spec, chance={"vqa/total": {"chance": 0.393, "best_constant": 0.423}})
+    assert paths["csv"].read_text().splitlines()[0] == ",".join(COLUMNS)
     md = paths["md"].read_text()
     diff = mean_ci([m - s for m, s in zip(mixed, single)])  # 0.2, 0.25, 0.15
-    assert f"| 1.00 | {diff.mean:+.3f} | [{diff.lo:+.3f}, {diff.hi:+.3f}] | 3 |" in md
-    assert "Verdict at fraction 1.00: replicates" in md and "vqa/total (chance 0.4)" in md
-    assert f"| mixed | 1.00 | 24 | {mean_ci(mixed).mean:.3f} ± {mean_ci(mixed).half_width:.3f} (n=3) |" in md
-    assert "val-selected checkpoint: +0.200" in md  # val picks fraction 1.0 in every run
+    assert f"| {diff.mean:+.3f} | [{diff.lo:+.3f}, {diff.hi:+.3f}] | 3 |" in md
+    assert "**Verdict at the final fraction (1.00): replicates**" in md
+    assert "vqa/total (chance 0.393, best constant 0.423)" in md
+    assert f"| mixed | test | 1.00 | 24 | {mean_ci(mixed).mean:.3f} ± {mean_ci(mixed).half_width:.3f} (n=3) |" in md
+    assert "s0: 1.00 / 1.00, s1: 1.00 / 1.00, s2: 1.00 / 1.00): +0.200" in md  # val picks fraction 1.0 in every run
     assert len(paths["png"]) == 2 and all(p.stat().st_size > 1000 for p in paths["png"])
 
 
@@ -242,13 +244,18 @@ def test_fraction_checkpoint_saves_at_rounded_steps_and_at_the_end(tmp_path):
 
     steps, record = fit(tmp_path / "a", [0.25, 0.5, 1.0])  # 10 steps: 2.5 -> 3 (halves up), 5, 10
     assert steps == {"frac-0.25.ckpt": 3, "frac-0.50.ckpt": 5, "frac-1.00.ckpt": 10}
-    assert record["0.25"] == {"fraction": 0.25, "step": 3, "total_steps": 10, "epoch": 0}
+    assert {k: record["0.25"][k] for k in ("fraction", "step", "total_steps", "epoch")} == {"fraction": 0.25, "step": 3, "total_steps": 10, "epoch": 0}
+    assert record["0.25"]["precision"] == "32-true"
     steps, _ = fit(tmp_path / "b", [0.5, 1.0], StopAt(7))  # stopped early: the last fraction is saved at the final step
     assert steps == {"frac-0.50.ckpt": 5, "frac-1.00.ckpt": 7}
 
 
 # ---- one micro study through the real CLI -------------------------------------------------------
-def test_micro_study_runs_and_reports_through_the_cli(tmp_path, tiny_data):
+@pytest.fixture(scope="module")
+def micro_study(tmp_path_factory, tiny_data):
+    """`lightning-vlm study run` of one tiny run (24 samples, batch 4: 6 steps), scored in the fit at fractions
+    0.5 and 1.0 (test at the final one only), with its record in studies/micro; returns the folder."""
+    tmp_path = tmp_path_factory.mktemp("micro_study")
     enc, reader = export_tiny_encoders(tmp_path, image_size=32), export_tiny_reader(tmp_path / "reader.ckpt")
     overlay = tmp_path / "tiny.yaml"
     overlay.write_text(yaml.safe_dump({
@@ -258,22 +265,69 @@ def test_micro_study_runs_and_reports_through_the_cli(tmp_path, tiny_data):
         "data": {"init_args": {"data_dir": str(tiny_data), "reader": str(reader), "image_tokens_in": 16, "image_tokens_out": 16, "batch_size": 4,
                                "eval_batch_size": 15, "num_workers": 0}},
     }))
-    spec = micro({"tiny": [str(ROOT / "configs/smartwatch/vq_vq.yaml"), str(overlay)]}, fractions=[1.0],
-                 axes={"cell": ["tiny"], "seed": [0]}, eval={"splits": ["val", "test"], "tasks": ["vqa"]})
+    spec = micro({"tiny": [str(ROOT / "configs/smartwatch/vq_vq.yaml"), str(overlay)]}, fractions=[0.5, 1.0],
+                 axes={"cell": ["tiny"], "seed": [0]}, eval={"splits": ["val", "test"], "tasks": ["vqa", "generation"], "test_fractions": "final"})
     spec["scales"]["cpu"]["overrides"] = {"trainer.accelerator": "cpu", "trainer.precision": "32-true", "trainer.limit_val_batches": 0,
                                           "trainer.num_sanity_val_steps": 0, "trainer.enable_progress_bar": False}
     (tmp_path / "micro.yaml").write_text(yaml.safe_dump(spec))
     res = subprocess.run([sys.executable, "-m", "lightning_vlm", "study", "run", "micro.yaml", "--out", "out", "--threads", "1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "[1/1] tiny-mixed-s0  elapsed" in res.stdout and "1/1 runs done" in res.stdout
-    d = RunDir(tmp_path / "out/tiny-mixed-s0")
-    assert d.done.is_file() and torch.load(d.fraction_ckpt(1.0), weights_only=False)["global_step"] == 6  # 24 samples / batch 4
-    record = json.loads(d.run_json.read_text())
-    assert record["seed"] == 0 and record["data_manifest_sha256"] and "revision" in record["git"] and record["threads"] == 1
-    assert "--seed_everything 0" in record["commands"]["fit"] and (d.logs / "fit.err").is_file()
-    assert next(d.path.rglob("config.yaml"))  # Lightning's resolved config, inside the run folder
-    for split in ("val", "test"):
-        assert json.loads(d.metrics(1.0, split).read_text())["test/vqa/total"] >= 0
-    assert study_main(["report", str(tmp_path / "out")]) == 0
-    assert "tiny-mixed-s0,tiny,mixed,,default,0,1.0,24,6,val,vqa/total," in (tmp_path / "out/results.csv").read_text()
+    return tmp_path, res.stdout
+
+
+def test_micro_study_runs_through_the_cli(micro_study):
+    folder, stdout = micro_study
+    assert "[1/1] tiny-mixed-s0-cpu  elapsed" in stdout
+    assert "1/1 runs done" in stdout
+
+
+def test_micro_study_fit_trains_to_its_last_fraction(micro_study):
+    d = RunDir(micro_study[0] / "out/tiny-mixed-s0-cpu")
+    assert torch.load(d.fraction_ckpt(1.0), weights_only=False)["global_step"] == 6  # 24 samples / batch 4
+
+
+def test_micro_study_scores_in_the_fit_without_test_processes(micro_study):
+    d = RunDir(micro_study[0] / "out/tiny-mixed-s0-cpu")
+    assert json.loads(d.run_json.read_text())["evals"] == {}  # val at both fractions and test at 1.0, all in the fit
+    assert sorted(p.relative_to(d.path).as_posix() for p in d.path.rglob("*.test_metrics.json")) == [
+        "frac-1.00.test_metrics.json", "val/frac-0.50.test_metrics.json", "val/frac-1.00.test_metrics.json"]
+
+
+def test_in_fit_metrics_equal_lightning_vlm_test_on_the_checkpoint(micro_study):
+    folder = micro_study[0]
+    spec = load_spec(folder / "micro.yaml", root=folder)
+    rc = run_commands(spec, expand(spec)[0], "out", folder)
+    cmd = next(c for f, split, c in rc.evals if f == 1.0 and split == "test")
+    copy = folder / "retest" / "frac-1.00.ckpt"
+    copy.parent.mkdir()
+    copy.write_bytes((folder / rc.dir.fraction_ckpt(1.0)).read_bytes())
+    cmd[cmd.index("--ckpt_path") + 1] = str(copy)
+    res = subprocess.run([sys.executable, "-m", "lightning_vlm", *cmd[1:]], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    in_fit = json.loads((folder / rc.dir.metrics(1.0, "test")).read_text())
+    tested = json.loads(copy.with_name("frac-1.00.test_metrics.json").read_text())
+    assert tested == pytest.approx(in_fit, abs=1e-6)
+
+
+def test_micro_study_counts_the_samples_of_each_task(micro_study):
+    fractions = json.loads((micro_study[0] / "out/tiny-mixed-s0-cpu/fractions.json").read_text())
+    assert sum(fractions["0.50"]["samples"].values()) == 12
+    assert sum(fractions["1.00"]["samples"].values()) == 24
+
+
+def test_micro_study_record_holds_metrics_and_provenance(micro_study):
+    record = json.loads((micro_study[0] / "studies/micro/records/tiny-mixed-s0-cpu.json").read_text())
+    assert record["command_hash"] and record["scale"] == "cpu" and record["precision"] == "32-true"
+    assert sorted(record["fractions"]["1.00"]["metrics"]) == ["test", "val"]
+    assert sorted(record["fractions"]["0.50"]["metrics"]) == ["val"]
+    assert "--seed_everything 0" in record["commands"]["fit"] and "<run>" in record["commands"]["fit"]
+
+
+def test_micro_study_report_regenerates_byte_identically_from_records(micro_study):
+    folder = micro_study[0] / "studies/micro"
+    assert study_main(["report", str(folder)]) == 0
+    first = {p: p.read_bytes() for p in [folder / "report.md", folder / "results.csv", *(folder / "plots").glob("*.png")]}
+    assert study_main(["report", str(folder)]) == 0
+    assert {p: p.read_bytes() for p in first} == first
+    assert "tiny-mixed-s0-cpu,tiny,mixed,,default,0,cpu,1.0,6,24," in (folder / "results.csv").read_text()

@@ -156,13 +156,14 @@ class VLMDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def stream(self, split: str, train: bool) -> ShardStream:
+    def stream(self, split: str, train: bool, tasks: list[str] | None = None) -> ShardStream:
+        """The split's sample stream; `tasks` replaces `eval_tasks` for an evaluation stream."""
         rank, world = self._rank_world()
         if train:
             task_samples = self.train_task_samples
         else:
             sizes = self.pool_sizes(split)
-            wanted = self.hparams.eval_tasks or TASKS
+            wanted = tasks or self.hparams.eval_tasks or TASKS
             task_samples = {t: sizes[t] for t in TASKS if t in wanted and t in sizes}
         return ShardStream(
             self.data_dir, split, task_samples, self.builder,
@@ -177,13 +178,13 @@ class VLMDataModule(pl.LightningDataModule):
         """The dataset's scorer of test outputs, with the `reader` checkpoint when one is given."""
         return self.dataset.scorer(self.hparams.reader)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, tasks: list[str] | None = None) -> DataLoader:
         if not self.manifest["splits"].get(split):
             raise ValueError(f"{self.data_dir} has no '{split}' split; it has {', '.join(self.manifest['splits'])}")
         w = self.hparams.num_workers
         stateful = {"batches_done_fn": self._batches_done} if train else {}
         return (ResumableLoader if train else EpochLoader)(
-            self.stream(split, train),
+            self.stream(split, train, tasks),
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             **stateful,
             num_workers=w,
@@ -205,6 +206,10 @@ class VLMDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.test_split, train=False)
+
+    def eval_dataloader(self, split: str, tasks: list[str] | None = None) -> DataLoader:
+        """What `test_dataloader` gives with `test_split: <split>` and `eval_tasks: <tasks>`: scoring inside a fit."""
+        return self._loader(split, train=False, tasks=tasks)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         skipped = int(batch.get("skipped", 0))

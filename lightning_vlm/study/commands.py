@@ -85,7 +85,7 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     fit = {**shared, "trainer.default_root_dir": str(rd.path)}
     if isinstance(dotted_get(composed, "trainer.logger"), dict):
         fit["trainer.logger.init_args.save_dir"] = str(rd.path)
-    fit["trainer.callbacks"] = _callbacks(composed, rd.path, spec.fractions)
+    fit["trainer.callbacks"] = _callbacks(composed, rd.path, spec)
     fit["trainer.max_epochs"] = scale.epochs
     fit["data.init_args.task_weights"] = spec.regimes[run.regime].task_weights
     fit["data.init_args.epoch_samples"] = spec.epoch_samples(run.regime)
@@ -113,8 +113,9 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     return RunCommands(run, rd, spec.epoch_samples(run.regime), scale.epochs, effective, fit_cmd, evals)
 
 
-def _callbacks(composed: dict, run_dir: Path, fractions: list[float]) -> list[dict]:
-    """The configs' callbacks with every ModelCheckpoint writing into the run folder, plus FractionCheckpoint."""
+def _callbacks(composed: dict, run_dir: Path, spec: Spec) -> list[dict]:
+    """The configs' callbacks with every ModelCheckpoint writing into the run folder, plus FractionCheckpoint
+    (which also scores each fraction checkpoint when the spec's `eval.in_fit` is on)."""
     callbacks = copy.deepcopy(dotted_get(composed, "trainer.callbacks") or [])
     found = False
     for cb in callbacks:
@@ -124,7 +125,10 @@ def _callbacks(composed: dict, run_dir: Path, fractions: list[float]) -> list[di
     if not found:  # a run must leave last.ckpt behind to be resumable
         callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
             "dirpath": str(run_dir), "save_last": True, "every_n_train_steps": 250, "enable_version_counter": False}})
-    callbacks.append({"class_path": FRACTION_CALLBACK, "init_args": {"fractions": sorted(fractions), "dirpath": str(run_dir)}})
+    fraction_args = {"fractions": sorted(spec.fractions), "dirpath": str(run_dir)}
+    if spec.eval.in_fit:
+        fraction_args.update(evaluate=list(spec.eval.splits), eval_tasks=spec.eval.tasks, test_fractions=spec.test_fractions())
+    callbacks.append({"class_path": FRACTION_CALLBACK, "init_args": fraction_args})
     return callbacks
 
 

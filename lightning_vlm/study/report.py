@@ -1,4 +1,9 @@
-"""`lightning-vlm study report DIR`: results.csv, report.md and plots from whatever runs finished."""
+"""`lightning-vlm study report DIR`: results.csv, report.md and plots from a study's records.
+
+DIR is a study folder (`studies/<name>`: `records/*.json`, `study.yaml`, `chance.json`) or, for
+runs not recorded yet, a `study run --out` folder of run folders. Everything written is a
+function of the records, the spec and the chance levels, so a report regenerates byte for byte.
+"""
 
 from __future__ import annotations
 
@@ -9,40 +14,46 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .layout import EVAL_SPLITS, RunDir
+from .records import load_records, records_from_runs
 from .spec import Spec
-from .stats import Summary, mean_ci, paired_differences, verdict
+from .stats import Summary, mean_ci, paired_differences, select_fraction, slope, verdict
 
-COLUMNS = ("run", "cell", "regime", "misalign", "variant", "seed", "fraction", "samples_seen", "steps", "split", "metric", "value")
+COLUMNS = ("run", "cell", "regime", "misalign", "variant", "seed", "scale", "fraction", "step", "samples_seen",
+           "samples_vqa", "samples_caption", "samples_generation", "samples_counted", "split", "metric", "value")
+TASKS = ("vqa", "caption", "generation")
 
 
-def collect_rows(out: str | Path) -> list[dict]:
-    """One tidy row per (run, checkpoint, split, metric) that has a metrics file."""
+def measured_tasks(metric: str) -> tuple[str, ...]:
+    """The training tasks whose samples a metric measures: generation for gen/*, understanding otherwise."""
+    return ("generation",) if metric.startswith("gen/") else ("vqa", "caption")
+
+
+def collect_rows(records: list[dict]) -> list[dict]:
+    """One tidy row per (run, fraction, split, metric). Samples are the counted ones when the run
+    counted them (FractionCheckpoint), else the planned share of its epochs (`samples_counted` false)."""
     rows = []
-    for run_json in sorted(Path(out).glob("*/run.json")):
-        info, rd = json.loads(run_json.read_text()), RunDir(run_json.parent)
-        record = rd.path / "fractions.json"
-        steps = json.loads(record.read_text()) if record.is_file() else {}
-        for fraction in info["fractions"]:
-            step = next((s["step"] for s in steps.values() if abs(s["fraction"] - fraction) < 1e-9), None)
-            for split in EVAL_SPLITS:
-                path = rd.metrics(fraction, split)
-                if not path.is_file():
-                    continue
-                for name, value in sorted(json.loads(path.read_text()).items()):
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        rows.append({
-                            "run": info["run"], "cell": info["cell"], "regime": info["regime"], "misalign": info["misalign"],
-                            "variant": info["variant"], "seed": info["seed"], "fraction": fraction,
-                            "samples_seen": int(round(fraction * info["epoch_samples"] * info["epochs"])), "steps": step,
-                            "split": split, "metric": name.split("/", 1)[1] if name.startswith("test/") else name, "value": float(value),
-                        })
+    for rec in records:
+        for tag, frac in sorted(rec["fractions"].items(), key=lambda kv: kv[1]["fraction"]):
+            counted = frac.get("samples")
+            if counted:
+                per_task = {t: int(counted.get(t, 0)) for t in TASKS}
+                total = sum(per_task.values())
+            else:
+                per_task, total = {t: None for t in TASKS}, int(round(frac["fraction"] * rec["epoch_samples"] * rec["epochs"]))
+            for split, metrics in sorted(frac["metrics"].items()):
+                for name, value in sorted(metrics.items()):
+                    rows.append({
+                        "run": rec["run"], "cell": rec["cell"], "regime": rec["regime"], "misalign": rec["misalign"],
+                        "variant": rec["variant"], "seed": rec["seed"], "scale": rec.get("scale"), "fraction": frac["fraction"],
+                        "step": frac.get("step"), "samples_seen": total, **{f"samples_{t}": per_task[t] for t in TASKS},
+                        "samples_counted": bool(counted), "split": split, "metric": name, "value": float(value),
+                    })
     return rows
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
 
@@ -65,99 +76,209 @@ def index(rows: list[dict]) -> dict:
     return values
 
 
+def task_samples(rows: list[dict], group: tuple, regime: str, metric: str) -> dict[float, float]:
+    """{fraction: mean over seeds of the counted training samples of the tasks `metric` measures}."""
+    per = defaultdict(dict)
+    for r in rows:
+        if (r["cell"], r["misalign"], r["variant"]) == group and r["regime"] == regime and r["metric"] == metric:
+            n = [r[f"samples_{t}"] for t in measured_tasks(metric)]
+            per[r["fraction"]][r["seed"]] = sum(n) if None not in n else r["samples_seen"]
+    return {f: sum(by_seed.values()) / len(by_seed) for f, by_seed in per.items()}
+
+
 def fmt(s: Summary) -> str:
     if s.n == 0:
         return "-"
     return f"{s.mean:.3f} (n=1)" if s.n == 1 else f"{s.mean:.3f} ± {s.half_width:.3f} (n={s.n})"
 
 
-def val_selected(val: dict, test: dict, expect: str) -> dict:
-    """Per seed: the test value at the checkpoint whose val value is best (max for `higher`, min for `lower`)."""
+def baseline_text(metric: str, chance: dict) -> str:
+    c = chance.get(metric)
+    if not c:
+        return "no chance level computed"
+    return f"chance {c['chance']:.3f}, best constant {c['best_constant']:.3f}"
+
+
+def val_selected(val: dict, test: dict, better: str) -> dict:
+    """Per seed: (fraction, test value) at the checkpoint whose val value is best in the metric's own direction."""
     out = {}
-    seeds = {seed for by_seed in test.values() for seed in by_seed}
-    for seed in seeds:
-        both = [(val[f][seed], f) for f in test if seed in test[f] and seed in val.get(f, {})]
-        if both:
-            _, best = (max if expect == "higher" else min)(both)
-            out[seed] = test[best][seed]
+    for seed in sorted({s for by_seed in val.values() for s in by_seed}):
+        on_val = {f: by_seed[seed] for f, by_seed in val.items() if seed in by_seed}
+        if on_val:
+            best = select_fraction(on_val, better)
+            if seed in test.get(best, {}):
+                out[seed] = (best, test[best][seed])
     return out
 
 
-def comparison_lines(c, g: dict, spec: Spec) -> list[str]:
+def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tuple[list[str], str | None]:
+    """The comparison's table and verdicts; returns (lines, verdict at the final fraction)."""
     test, val = g.get("test", {}).get(c.metric, {}), g.get("val", {}).get(c.metric, {})
     a, b = test.get(c.a, {}), test.get(c.b, {})
     fractions = sorted(set(a) & set(b))
     if not fractions:
-        return []
+        return [], None
     match = "matched steps" if spec.regimes[c.b].match == "steps" else "matched samples"
-    lines = [f"#### {c.a} − {c.b}: {c.metric} ({match}; claim: {c.a} {c.expect})", "",
-             "| fraction | mean difference | 95 % CI | seeds |", "|---|---|---|---|"]
+    lines = [f"#### {c.a} − {c.b}: {c.metric} ({match}; claim: {c.a} {c.expect}; {baseline_text(c.metric, chance)})", "",
+             f"| fraction | {c.a} | {c.b} | task samples {c.a} / {c.b} (counted) | mean difference | 95 % CI | seeds |",
+             "|---|---|---|---|---|---|---|"]
     diffs = {}
     for f in fractions:
         d = diffs[f] = mean_ci(paired_differences(a[f], b[f]))
         ci = "-" if math.isnan(d.lo) else f"[{d.lo:+.3f}, {d.hi:+.3f}]"
-        lines.append(f"| {f:.2f} | {d.mean:+.3f} | {ci} | {d.n} |")
-    last = max(f for f in fractions if diffs[f].n > 0) if any(d.n for d in diffs.values()) else fractions[-1]
+        n_a, n_b = samples[c.a].get(f), samples[c.b].get(f)
+        counted = f"{n_a:,.0f} / {n_b:,.0f}" if n_a is not None and n_b is not None else "-"
+        lines.append(f"| {f:.2f} | {fmt(mean_ci(a[f].values()))} | {fmt(mean_ci(b[f].values()))} | {counted} | {d.mean:+.3f} | {ci} | {d.n} |")
+    last = max(fractions)
     d = diffs[last]
-    lines += ["", f"**Verdict at fraction {last:.2f}: {verdict(d, c.expect)}** (difference {d.mean:+.3f}, {d.n} paired seeds)"]
-    sel_a, sel_b = val_selected(val.get(c.a, {}), a, c.expect), val_selected(val.get(c.b, {}), b, c.expect)
-    if sel_a and sel_b:
-        s = mean_ci(paired_differences(sel_a, sel_b))
+    lines += ["", f"**Verdict at the final fraction ({last:.2f}): {verdict(d, c.expect)}** (difference {d.mean:+.3f}, {d.n} paired seeds)."]
+    better = spec.better(c.metric)
+    sel_a, sel_b = val_selected(val.get(c.a, {}), a, better), val_selected(val.get(c.b, {}), b, better)
+    seeds = sorted(set(sel_a) & set(sel_b))
+    if seeds:
+        s = mean_ci([sel_a[k][1] - sel_b[k][1] for k in seeds])
         ci = "no CI" if math.isnan(s.lo) else f"CI [{s.lo:+.3f}, {s.hi:+.3f}]"
-        lines.append(f"At each run's val-selected checkpoint: {s.mean:+.3f}, {ci}, {s.n} seeds: {verdict(s, c.expect)}")
+        picked = ", ".join(f"s{k}: {sel_a[k][0]:.2f} / {sel_b[k][0]:.2f}" for k in seeds)
+        lines.append(f"At each run's val-selected checkpoint ({better} is better; fractions {c.a} / {c.b}: {picked}): "
+                     f"{s.mean:+.3f}, {ci}, {s.n} seeds: **{verdict(s, c.expect)}**.")
+    return lines + [""], verdict(d, c.expect)
+
+
+def trend_lines(t, values: dict, spec: Spec) -> list[str]:
+    """Slope of the paired a - b difference (final fraction, test) against misalignment, fitted per seed."""
+    by_cell = defaultdict(dict)
+    for (cell, misalign, variant), g in values.items():
+        if misalign is None:
+            continue
+        test = g.get("test", {}).get(t.metric, {})
+        a, b = test.get(t.a, {}), test.get(t.b, {})
+        common = sorted(set(a) & set(b))
+        if common:
+            last = common[-1]
+            by_cell[(cell, variant)][misalign] = {k: a[last][k] - b[last][k] for k in set(a[last]) & set(b[last])}
+    lines = []
+    for (cell, variant), by_level in sorted(by_cell.items()):
+        levels = sorted(by_level)
+        if len(levels) < 2:
+            continue
+        seeds = sorted(set.intersection(*(set(by_level[m]) for m in levels)))
+        slopes = [slope(levels, [by_level[m][s] for m in levels]) for s in seeds]
+        s = mean_ci(slopes)
+        ci = "no CI" if math.isnan(s.lo) else f"CI [{s.lo:+.3f}, {s.hi:+.3f}]"
+        lines += [f"#### Trend: {t.a} − {t.b} on {t.metric} against misalignment ({group_label((cell, None, variant))}; claim: slope {t.expect})", "",
+                  "| misalignment | mean difference | seeds |", "|---|---|---|"]
+        lines += [f"| {m:g} | {mean_ci(by_level[m].values()).mean:+.3f} | {len(by_level[m])} |" for m in levels]
+        lines += ["", f"Slope per unit of misalignment, fitted per seed over {len(levels)} levels: {s.mean:+.3f}, {ci}, {s.n} seeds: "
+                  f"**{verdict(s, t.expect)}**.", ""]
+    return lines
+
+
+def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folder: Path) -> list[str]:
+    lines = [f"# Study {spec.name if spec else folder.name}", ""]
+    if spec and spec.claim:
+        lines += [f"Claim: {spec.claim}", ""]
+    scales = sorted({str(r.get("scale")) for r in records})
+    commits = sorted({(r.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if r.get("dirty") else "") for r in records})
+    cpus = sorted({f"{r.get('cpu') or 'unknown CPU'}, {r.get('precision') or '?'}" for r in records})
+    fit = sum((r.get("seconds") or {}).get("fit", 0) for r in records)
+    ev = sum((r.get("seconds") or {}).get("eval_in_fit", 0) + (r.get("seconds") or {}).get("eval_processes", 0) for r in records)
+    lines += [f"{len(records)} run records (scale {', '.join(scales) or '-'}), from commit(s) {', '.join(commits) or '-'}; "
+              f"machines: {'; '.join(cpus) or '-'}. Training {fit / 3600:.1f} h, evaluation {ev / 3600:.1f} h"
+              + (f" ({ev / (fit + ev):.0%} of the total)." if fit + ev else "."), "",
+              "Cells show the mean ± 95 % CI half-width over seeds (Student t), n = seeds. Samples are the training samples "
+              "each run counted up to that checkpoint; test is scored at the final fraction and at val-selected ones, val at "
+              "every fraction (it picks the checkpoints).", ""]
+    if stale:
+        lines += [f"**Stale records, left out** (recorded with other commands or configs than the spec's current ones; "
+                  f"`study run --rerun-stale` redoes them): {', '.join(stale)}.", ""]
+    return lines
+
+
+def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:
+    if not spec:
+        return []
+    counts = defaultdict(int)
+    for v in verdicts:
+        counts[v.split(" (")[0]] += 1
+    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdict yet"
+    lines = ["## Conclusion", ""]
+    if spec.conclusion.get("paper"):
+        lines.append(f"*The paper's claim.* {spec.conclusion['paper']}")
+    lines.append(f"*What this scale shows.* Verdicts at the final fraction: {shown} (of {len(verdicts)} comparisons).")
+    agrees = "agrees" if verdicts and counts.get("replicates", 0) == len(verdicts) else (
+        "disagrees" if counts.get("contradicts") else "does not yet decide")
+    lines.append(f"*Does it agree?* At this scale the evidence {agrees} with the paper's claim.")
+    if spec.conclusion.get("gpu"):
+        lines.append(f"*What the GPU scale would add.* {spec.conclusion['gpu']}")
     return lines + [""]
 
 
-def write_report(out: str | Path, spec: Spec | None = None) -> dict[str, Path]:
-    """Writes results.csv, report.md and plots/*.png into `out`; returns their paths."""
-    out = Path(out)
-    rows = collect_rows(out)
-    write_csv(rows, out / "results.csv")
+def write_report(folder: str | Path, spec: Spec | None = None, chance: dict | None = None,
+                 expected_hashes: dict[str, str] | None = None) -> dict[str, Path]:
+    """Writes results.csv, report.md and plots/*.png into `folder`; returns their paths.
+
+    `expected_hashes` ({run: command hash} of the spec's current commands): records with another
+    hash are listed as stale and left out of the numbers."""
+    folder = Path(folder)
+    records = load_records(folder) if (folder / "records").is_dir() else records_from_runs(folder)
+    stale = sorted(r["run"] for r in records if expected_hashes and r.get("command_hash") and r["run"] in expected_hashes
+                   and r["command_hash"] != expected_hashes[r["run"]])
+    records = [r for r in records if r["run"] not in stale]
+    rows = collect_rows(records)
+    write_csv(rows, folder / "results.csv")
     values = index(rows)
     found = sorted({r["metric"] for r in rows})
     wanted = list(dict.fromkeys((spec.metrics + [c.metric for c in spec.comparisons]) if spec else ["vqa/total"]))
     metrics = [m for m in wanted if m in found] or [m for m in ("vqa/total",) if m in found]
-    chance = spec.chance if spec else {}
+    chance = chance or {}
     regime_order = list(spec.regimes) if spec else sorted({r["regime"] for r in rows})
-    runs = sorted({r["run"] for r in rows})
-    lines = [f"# Study {spec.name if spec else out.name}", ""]
-    if spec and spec.claim:
-        lines += [f"Claim: {spec.claim}", ""]
-    lines += [f"{len(runs)} runs with results in `{out}` (scale {spec.scale if spec else '?'}); cells show the test mean ± "
-              "95 % CI half-width over seeds (Student t), n = seeds. Samples = training samples seen (all tasks).", ""]
+    lines = header_lines(records, stale, spec, folder)
     if not rows:
         lines.append("No finished evaluation yet.")
-    pngs = []
+    pngs, verdicts = [], []
     for group in sorted(values, key=lambda g: (g[0], -1 if g[1] is None else g[1], g[2])):
         g = values[group]
         lines += [f"## {group_label(group)}", ""]
-        test = g.get("test", {})
-        head = [f"{m} (chance {chance[m]:g})" if m in chance else m for m in metrics]
-        lines += ["| regime | fraction | samples | " + " | ".join(head) + " |", "|---" * (3 + len(metrics)) + "|"]
-        for regime in [r for r in regime_order if any(r in test.get(m, {}) for m in metrics)]:
-            fractions = sorted({f for m in metrics for f in test.get(m, {}).get(regime, {})})
-            for f in fractions:
-                samples = next((r["samples_seen"] for r in rows if (r["cell"], r["misalign"], r["variant"]) == group
-                                and r["regime"] == regime and r["fraction"] == f), "")
-                cells = [fmt(mean_ci(test.get(m, {}).get(regime, {}).get(f, {}).values())) for m in metrics]
-                lines.append(f"| {regime} | {f:.2f} | {samples} | " + " | ".join(cells) + " |")
+        head = [f"{m} ({baseline_text(m, chance)})" if m in chance else m for m in metrics]
+        lines += ["| regime | split | fraction | samples (counted) | " + " | ".join(head) + " |", "|---" * (4 + len(metrics)) + "|"]
+        for regime in [r for r in regime_order if any(r in g.get(s, {}).get(m, {}) for s in ("test", "val") for m in metrics)]:
+            for split in ("test", "val"):
+                fractions = sorted({f for m in metrics for f in g.get(split, {}).get(m, {}).get(regime, {})})
+                for f in fractions:
+                    seen = mean_ci(r["samples_seen"] for r in rows if (r["cell"], r["misalign"], r["variant"]) == group
+                                   and r["regime"] == regime and r["fraction"] == f and r["split"] == split and r["metric"] == metrics[0])
+                    cells = [fmt(mean_ci(g.get(split, {}).get(m, {}).get(regime, {}).get(f, {}).values())) for m in metrics]
+                    lines.append(f"| {regime} | {split} | {f:.2f} | {seen.mean:,.0f} | " + " | ".join(cells) + " |")
         lines.append("")
         for c in spec.comparisons if spec else []:
-            lines += comparison_lines(c, g, spec)
+            samples = {r: task_samples(rows, group, r, c.metric) for r in (c.a, c.b)}
+            block, final = comparison_lines(c, g, spec, chance, samples)
+            verdicts += [final] if final else []
+            lines += block
         for m in metrics:
-            if test.get(m):
-                png = out / "plots" / f"{slug(group_label(group))}__{slug(m)}.png"
-                if _plot(png, f"{group_label(group)}: {m}", test[m], regime_order, chance.get(m)):
-                    pngs.append(png)
-                    lines += [f"![{group_label(group)} {m}](plots/{png.name})", ""]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"csv": out / "results.csv", "md": out / "report.md", "png": pngs}
+            split = "test" if sum(len(v) >= 2 for v in g.get("test", {}).get(m, {}).values()) else "val"
+            series = g.get(split, {}).get(m)
+            if not series:
+                continue
+            png = folder / "plots" / f"{slug(group_label(group))}__{slug(m)}.png"
+            xs = {r: task_samples(rows, group, r, m) for r in series}
+            if _plot(png, f"{group_label(group)}: {m} ({split})", series, regime_order, chance.get(m), xs, m):
+                pngs.append(png)
+                lines += [f"![{group_label(group)} {m}](plots/{png.name})", ""]
+    for t in spec.trends if spec else []:
+        lines += trend_lines(t, values, spec)
+    lines += conclusion_lines(spec, verdicts)
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return {"csv": folder / "results.csv", "md": folder / "report.md", "png": pngs}
 
 
-def _plot(path: Path, title: str, series: dict, order: list[str], chance: float | None) -> bool:
+def _plot(path: Path, title: str, series: dict, order: list[str], chance: dict | None, xs: dict, metric: str) -> bool:
     try:
         from .plots import scaling_plot
     except ImportError:  # matplotlib missing: tables and CSV still come out
         return False
-    scaling_plot(path, title, {r: series[r] for r in order if r in series}, chance)
+    tasks = " + ".join(measured_tasks(metric))
+    scaling_plot(path, title, {r: series[r] for r in order if r in series}, chance and chance.get("chance"),
+                 x={r: xs[r] for r in order if r in series}, xlabel=f"training samples of {tasks} (counted)",
+                 best_constant=chance and chance.get("best_constant"))
     return True

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from .commands import RunCommands, build_command, run_commands
 from .fraction_checkpoint import fraction_tag
+from .records import build_record, command_hash, record_path, resolved_commands, write_record
 from .spec import Run, Spec
+from .stats import select_fraction
 
 
 def child_argv(cmd: list[str]) -> list[str]:
@@ -47,11 +49,14 @@ def duration(seconds: float) -> str:
 
 
 class StudyRunner:
-    """Runs a list of runs in order; a run whose DONE marker exists is skipped, an interrupted fit
-    resumes from its newest checkpoint, and an evaluation whose metrics file exists is not redone."""
+    """Runs a list of runs in order; a run with a committed record of the same commands, or whose DONE
+    marker exists, is skipped, an interrupted fit resumes from its newest checkpoint, and an evaluation
+    whose metrics file exists is not redone. Each finished run writes its record (`records`)."""
 
-    def __init__(self, spec: Spec, out: str | Path, threads: int | None = None, dry_run: bool = False, log=None):
+    def __init__(self, spec: Spec, out: str | Path, threads: int | None = None, dry_run: bool = False, log=None,
+                 records: str | Path | None = None, rerun_stale: bool = False, root: str | Path = "."):
         self.spec, self.out, self.threads, self.dry_run = spec, Path(out), threads, dry_run
+        self.records, self.rerun_stale, self.root = (Path(records) if records else None), rerun_stale, Path(root)
         self.log = log or (lambda line: print(line, flush=True))
         self.env = dict(os.environ)
         if threads:
@@ -60,36 +65,62 @@ class StudyRunner:
     def run_all(self, runs: list[Run]) -> int:
         if not self.dry_run:
             self.out.mkdir(parents=True, exist_ok=True)
-        failures, spent, worked, start = [], 0.0, 0, time.time()
+        failures, stale, spent, worked, start = [], [], 0.0, 0, time.time()
         self._build_data(sorted({r.variant for r in runs}))
         for n, run in enumerate(runs, 1):
             left = f"~{duration(spent / worked * (len(runs) - n + 1))}" if worked else "?"
             self.log(f"[{n}/{len(runs)}] {run.name}  elapsed {duration(time.time() - start)}  left {left}")
             t0 = time.time()
-            outcome = self.run_one(run_commands(self.spec, run, self.out))
+            outcome = self.run_one(run_commands(self.spec, run, self.out, self.root))
             if outcome == "failed":
                 failures.append(run.name)
-            if outcome != "skipped":
+            if outcome == "stale":
+                stale.append(run.name)
+            if outcome in ("done", "failed"):
                 spent, worked = spent + time.time() - t0, worked + 1
         if self.dry_run:
             self.log(f"dry run: {len(runs)} runs listed, nothing was run")
             return 0
-        self.log(f"study {self.spec.name}: {len(runs) - len(failures)}/{len(runs)} runs done in {duration(time.time() - start)}"
-                 + (f"; failed: {', '.join(failures)} (see <run>/logs)" if failures else ""))
+        self.log(f"study {self.spec.name}: {len(runs) - len(failures) - len(stale)}/{len(runs)} runs done in {duration(time.time() - start)}"
+                 + (f"; failed: {', '.join(failures)} (see <run>/logs)" if failures else "")
+                 + (f"; stale, not rerun: {', '.join(stale)} (--rerun-stale redoes them)" if stale else ""))
         return 1 if failures else 0
 
+    def record_state(self, rc: RunCommands) -> tuple[str, str]:
+        """('recorded' | 'stale' | 'none', this run's command hash) from the committed record."""
+        h = command_hash(rc, self.root)
+        path = record_path(self.records, rc.run.name) if self.records else None
+        if path is None or not path.is_file():
+            return "none", h
+        return ("recorded" if json.loads(path.read_text()).get("command_hash") == h else "stale"), h
+
     def run_one(self, rc: RunCommands) -> str:
-        """'skipped' (already done), 'done', 'failed', or 'planned' (a dry run)."""
+        """'skipped' (recorded or done already), 'stale' (a record of other commands, not rerun), 'done',
+        'failed', or 'planned' (a dry run)."""
         d = rc.dir
+        state, h = self.record_state(rc)
+        if state == "recorded":
+            self.log(f"  recorded already: {record_path(self.records, rc.run.name)}")
+            return "skipped"
+        old = json.loads(d.run_json.read_text()).get("command_hash", h) if d.run_json.is_file() else h
+        if state == "stale" or old != h:
+            if not self.rerun_stale:
+                self.log(f"  stale: recorded with other commands or configs (hash {old if old != h else 'in the record'}, now {h}); "
+                         "not rerun (--rerun-stale redoes it)")
+                return "stale"
+            if d.path.is_dir() and old != h and not self.dry_run:
+                d.path.rename(d.path.with_name(f"{d.path.name}.old-{old}"))
+                rc = run_commands(self.spec, rc.run, self.out, self.root)  # no resume from the old folder
         if d.done.is_file():
             self.log(f"  done already: {d.path}")
+            self._write_record(rc, h)
             return "skipped"
         if self.dry_run:
             for cmd in ([] if d.fit_done.is_file() else [rc.fit]) + [c for _, _, c in rc.evals]:
                 self.log("  " + shlex.join(cmd))
             return "planned"
         d.logs.mkdir(parents=True, exist_ok=True)
-        record = self._record(rc)
+        record = self._run_json(rc, h)
         if not d.fit_done.is_file():
             resumed = rc.fit[rc.fit.index("--ckpt_path") + 1] if "--ckpt_path" in rc.fit else None
             started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -101,8 +132,35 @@ class StudyRunner:
                 self.log(f"  fit failed (exit {code}): see {d.logs / 'fit.err'}")
                 return "failed"
             d.fit_done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        ok = True
-        for fraction, split, cmd in rc.evals:
+        ok = self._evaluate(rc, record, [e for e in rc.evals if e[1] != "test"])  # val first: it picks the test checkpoints
+        ok &= self._evaluate(rc, record, [e for e in rc.evals if e[1] == "test" and e[0] in self.test_fractions_of(rc)])
+        self._write(d.run_json, record)
+        if not ok:
+            return "failed"
+        if self.spec.active_scale.keep_checkpoints == "final":
+            self._prune(rc)
+        d.done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        self._write_record(rc, h)
+        return "done"
+
+    def test_fractions_of(self, rc: RunCommands) -> set[float]:
+        """The spec's test fractions, plus this run's val-selected fraction of each metric it is compared on."""
+        wanted = set(self.spec.test_fractions())
+        metrics = {c.metric for c in [*self.spec.comparisons, *self.spec.trends] if rc.run.regime in (c.a, c.b)}
+        for metric in sorted(metrics):
+            val = {}
+            for fraction in self.spec.fractions:
+                path = rc.dir.metrics(fraction, "val")
+                value = json.loads(path.read_text()).get(f"test/{metric}") if path.is_file() else None
+                if value is not None:
+                    val[fraction] = value
+            if val:
+                wanted.add(select_fraction(val, self.spec.better(metric)))
+        return wanted
+
+    def _evaluate(self, rc: RunCommands, record: dict, evals) -> bool:
+        d, ok = rc.dir, True
+        for fraction, split, cmd in evals:
             metrics, ckpt = d.metrics(fraction, split), d.fraction_ckpt(fraction)
             if metrics.is_file():
                 continue
@@ -116,13 +174,14 @@ class StudyRunner:
             if code != 0 or not metrics.is_file():
                 self.log(f"  {split} of {ckpt.name} failed (exit {code}): see {d.logs / f'{split}-{ckpt.stem}.err'}")
                 ok = False
-        self._write(d.run_json, record)
-        if not ok:
-            return "failed"
-        if self.spec.active_scale.keep_checkpoints == "final":
-            self._prune(rc)
-        d.done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        return "done"
+        return ok
+
+    def _write_record(self, rc: RunCommands, h: str) -> None:
+        if self.records is None or self.dry_run or not rc.dir.run_json.is_file():
+            return
+        info = json.loads(rc.dir.run_json.read_text())
+        write_record(record_path(self.records, rc.run.name), build_record(info, rc.dir, h, resolved_commands(rc)))
+        self.log(f"  record: {record_path(self.records, rc.run.name)}")
 
     @staticmethod
     def _prune(rc: RunCommands) -> None:
@@ -132,11 +191,11 @@ class StudyRunner:
             for split in ("val", "test"):
                 rc.dir.eval_ckpt(f, split).unlink(missing_ok=True)
 
-    def _record(self, rc: RunCommands) -> dict:
+    def _run_json(self, rc: RunCommands, h: str) -> dict:
         """run.json: what was run, on what code and data; earlier attempts are kept."""
         old = json.loads(rc.dir.run_json.read_text()) if rc.dir.run_json.is_file() else {}
         record = {
-            "study": self.spec.name, "run": rc.run.name, "cell": rc.run.cell, "regime": rc.run.regime,
+            "study": self.spec.name, "run": rc.run.name, "command_hash": h, "cell": rc.run.cell, "regime": rc.run.regime,
             "misalign": rc.run.misalign, "variant": rc.run.variant, "seed": rc.run.seed, "scale": self.spec.scale,
             "task_weights": self.spec.regimes[rc.run.regime].task_weights, "match": self.spec.regimes[rc.run.regime].match,
             "epoch_samples": rc.epoch_samples, "epochs": rc.epochs, "fractions": sorted(self.spec.fractions),

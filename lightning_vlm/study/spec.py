@@ -67,15 +67,21 @@ class Scale:
     build_args: list[str] = field(default_factory=list)
     fractions: list[float] | None = None  # replaces the spec's fractions at this scale
     keep_checkpoints: str = "all"  # "final": a finished run keeps only its last fraction checkpoint
+    test_fractions: str | list[float] | None = None  # replaces eval.test_fractions at this scale
 
 
 @dataclass
 class Eval:
-    """Which checkpoints' evaluations run: splits (val for selection, test reported), tasks, overrides."""
+    """Which checkpoints' evaluations run: splits (val for selection, test reported), tasks, overrides;
+    `in_fit` scores the fraction checkpoints inside the fit process (no eval overrides allowed then);
+    `test_fractions` ("all", "final" or a list) limits test to where the report reads it: val is scored
+    at every fraction, and test also at each run's val-selected fraction of every compared metric."""
 
     splits: list[str] = field(default_factory=lambda: ["val", "test"])
     tasks: list[str] | None = None
     overrides: dict = field(default_factory=dict)
+    in_fit: bool = True
+    test_fractions: str | list[float] = "all"
 
 
 @dataclass
@@ -86,6 +92,18 @@ class Comparison:
     b: str
     metric: str
     expect: str = "higher"
+
+
+@dataclass
+class Trend:
+    """A claim about a trend: the paired a - b difference of `metric` against the `over` axis
+    (misalign), fitted per seed as a line; `expect` is the sign of its slope."""
+
+    a: str
+    b: str
+    metric: str
+    over: str = "misalign"
+    expect: str = "lower"
 
 
 @dataclass
@@ -102,13 +120,31 @@ class Spec:
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     eval: Eval = field(default_factory=Eval)
     extra_args: list[str] = field(default_factory=list)
-    chance: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # hand-set levels for metrics the code does not compute
     metrics: list[str] = field(default_factory=lambda: ["vqa/total"])
     comparisons: list[Comparison] = field(default_factory=list)
+    trends: list[Trend] = field(default_factory=list)
+    lower_is_better: list[str] = field(default_factory=list)  # metrics where less is better, beyond losses and FD/KID
+    conclusion: dict[str, str] = field(default_factory=dict)  # paper / gpu: the report's closing paragraph
 
     @property
     def active_scale(self) -> Scale:
         return self.scales[self.scale]
+
+    def test_fractions(self) -> list[float]:
+        """The fractions scored on test whatever val says: all, the final one, or the listed ones."""
+        tf = self.active_scale.test_fractions or self.eval.test_fractions
+        if tf == "all":
+            return sorted(self.fractions)
+        if tf == "final":
+            return [max(self.fractions)]
+        return sorted(float(f) for f in tf)
+
+    def better(self, metric: str) -> str:
+        """The metric's own better direction ("higher" or "lower"): losses, FD and KID, and the
+        spec's `lower_is_better`, are lower; everything else higher."""
+        lower = metric in self.lower_is_better or any(k in metric for k in ("loss", "fd_", "kid_"))
+        return "lower" if lower else "higher"
 
     def epoch_samples(self, regime: str) -> int:
         """Training samples per epoch: matched to the reference regime's samples of this regime's tasks, or its steps."""
@@ -129,15 +165,18 @@ class Run:
     misalign: float | None
     variant: str
     seed: int
+    scale: str = "cpu"
 
     @property
     def name(self) -> str:
+        """cell-regime[-mis<s>][-variant]-s<seed>-<scale>: the scale is part of a run's identity, so a
+        GPU-scale run never mistakes a CPU-scale one (or its record) for itself."""
         parts = [self.cell, self.regime]
         if self.misalign is not None:
             parts.append(f"mis{self.misalign:g}")
         if self.variant != "default":
             parts.append(self.variant)
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts + [f"s{self.seed}"]))
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts + [f"s{self.seed}", self.scale]))
 
 
 def _build(cls, data, where: str):
@@ -193,6 +232,7 @@ def parse_spec(raw: dict, root: Path | str | None = ".", where: str = "spec") ->
     if "eval" in raw:
         raw["eval"] = _build(Eval, raw["eval"] or {}, f"{where}: eval")
     raw["comparisons"] = [_build(Comparison, c, f"{where}: comparisons[{i}]") for i, c in enumerate(raw.get("comparisons") or [])]
+    raw["trends"] = [_build(Trend, t, f"{where}: trends[{i}]") for i, t in enumerate(raw.get("trends") or [])]
     spec = _build(Spec, raw, where)
     if not isinstance(spec.cells, dict) or not spec.cells:
         raise SpecError(f"{where}: cells must map each cell name to its fit config(s), e.g. cells: {{vq_vq: [configs/smartwatch/vq_vq.yaml]}}")
@@ -240,6 +280,20 @@ def _check(spec: Spec, root: Path | None, where: str) -> None:
                 raise SpecError(f"{where}: comparisons[{i}]: regime '{r}' is not defined; defined: {', '.join(spec.regimes)}")
         if c.expect not in ("higher", "lower"):
             raise SpecError(f"{where}: comparisons[{i}].expect must be 'higher' or 'lower', got {c.expect!r}")
+    for i, t in enumerate(spec.trends):
+        for r in (t.a, t.b):
+            if r not in spec.regimes:
+                raise SpecError(f"{where}: trends[{i}]: regime '{r}' is not defined; defined: {', '.join(spec.regimes)}")
+        if t.over != "misalign":
+            raise SpecError(f"{where}: trends[{i}].over: only 'misalign' is a numeric axis, got {t.over!r}")
+        if t.expect not in ("higher", "lower"):
+            raise SpecError(f"{where}: trends[{i}].expect must be 'higher' or 'lower' (the slope's sign), got {t.expect!r}")
+    for key, tf in [("eval.test_fractions", spec.eval.test_fractions)] + [(f"scales.{k}.test_fractions", v.test_fractions)
+                                                                          for k, v in spec.scales.items() if v.test_fractions is not None]:
+        if not (tf in ("all", "final") or (isinstance(tf, list) and all(isinstance(f, (int, float)) for f in tf))):
+            raise SpecError(f"{where}: {key} must be 'all', 'final' or a list of fractions, got {tf!r}")
+    if spec.eval.in_fit and spec.eval.overrides:
+        raise SpecError(f"{where}: eval.overrides change the evaluation, which in_fit scoring cannot; set eval.in_fit: false")
     for name, v in spec.variants.items():
         if v.build and not v.data_dir:
             raise SpecError(f"{where}: variants.{name} has build but no data_dir to build it into")
@@ -274,7 +328,7 @@ def expand(spec: Spec) -> list[Run]:
             [int(s) for s in _as_list(axes.get("seed", [0]))],
         ]
         for cell, regime, misalign, variant, seed in itertools.product(*values):
-            runs[Run(cell, regime, misalign, variant, seed)] = None
+            runs[Run(cell, regime, misalign, variant, seed, spec.scale)] = None
     seeds = sorted({r.seed for r in runs})
     return sorted(runs, key=lambda r: seeds.index(r.seed))  # stable: grid order within a seed
 

@@ -73,3 +73,17 @@ def verdict(diff: Summary, expect: str = "higher") -> str:
     if above or below:
         return "contradicts"
     return f"inconclusive at this scale ({seeds}, CI [{diff.lo:.3g}, {diff.hi:.3g}])"
+
+
+def select_fraction(values: dict[float, float], better: str = "higher") -> float:
+    """The fraction whose value is best in the metric's own direction; a tie goes to the later fraction."""
+    sign = 1 if better == "higher" else -1
+    return max(values, key=lambda f: (sign * values[f], f))
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys on xs (NaN with fewer than two distinct xs)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else math.nan
