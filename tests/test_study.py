@@ -44,17 +44,36 @@ def test_shipped_specs_load_and_shard_into_disjoint_thirds(path):
     assert sorted(r.name for s in shards for r in s) == sorted(r.name for r in runs)
 
 
-def test_finding_specs_cover_their_grids():
-    f1 = expand(load_spec(ROOT / "configs/studies/finding1_mutual_benefit.yaml", root=ROOT))
+def test_finding_specs_cover_their_grids_at_the_gpu_scale():
+    f1 = expand(load_spec(ROOT / "configs/studies/finding1_mutual_benefit.yaml", root=ROOT, scale="gpu"))
     assert len(f1) >= 27 and {r.regime for r in f1} == {"mixed", "understanding_only", "generation_only", "step_matched"}
     assert {r.cell for r in f1} == {"vq_vq", "semantic_semantic", "diffusion_ae"} and {r.seed for r in f1} == {0, 1, 2}
     assert len(shard(f1, 2, 3)) == len(f1) // 3
     assert [r.seed for r in f1[:12]] == [0] * 12  # seeds outermost: a first seed of every cell finishes first
-    f2 = expand(load_spec(ROOT / "configs/studies/finding2_alignment.yaml", root=ROOT))
+    f2 = expand(load_spec(ROOT / "configs/studies/finding2_alignment.yaml", root=ROOT, scale="gpu"))
     assert {(r.cell, r.misalign) for r in f2} == {(c, 0.0) for c in ("vq_vq", "vq_semantic", "semantic_vq", "semantic_semantic")} | {
         ("vq_vq", m) for m in (0.1, 0.2, 0.3)}
-    f3 = expand(load_spec(ROOT / "configs/studies/finding3_transfer.yaml", root=ROOT))
+    f3 = expand(load_spec(ROOT / "configs/studies/finding3_transfer.yaml", root=ROOT, scale="gpu"))
     assert len(f3) == 27 and {r.variant for r in f3} == {"transfer_weather"}
+
+
+def test_finding_1_at_the_cpu_scale_is_vq_vq_at_five_seeds():
+    f1 = expand(load_spec(ROOT / "configs/studies/finding1_mutual_benefit.yaml", root=ROOT))
+    assert {(r.cell, r.seed) for r in f1} == {("vq_vq", s) for s in range(5)}
+    assert len(f1) == 20
+
+
+def test_finding_3_at_the_cpu_scale_is_mixed_against_understanding_only_at_five_seeds():
+    f3 = expand(load_spec(ROOT / "configs/studies/finding3_transfer.yaml", root=ROOT))
+    assert {r.regime for r in f3} == {"mixed", "understanding_only"}
+    assert len(f3) == 10
+
+
+def test_a_scale_adds_its_configs_after_the_cells():
+    spec = load_spec(ROOT / "configs/studies/finding1_mutual_benefit.yaml", root=ROOT)
+    fit = run_commands(spec, expand(spec)[0], "out", ROOT).fit
+    configs = [fit[i + 1] for i, part in enumerate(fit) if part == "--config"]
+    assert configs == ["configs/smartwatch/vq_vq.yaml", "configs/smartwatch/presets/cpu_study.yaml"]
 
 
 def test_regimes_match_task_samples_or_steps():

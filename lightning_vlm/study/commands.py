@@ -73,7 +73,7 @@ class RunCommands:
 def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") -> RunCommands:
     scale, variant, cell = spec.active_scale, spec.variants[run.variant], spec.cells[run.cell]
     rd = RunDir.of(out, run)
-    configs = [*cell.configs, *variant.configs]
+    configs = [*cell.configs, *scale.configs, *variant.configs]
     composed = compose(configs, root)
     config_flags = [part for path in configs for part in ("--config", path)] + flags(cell.overrides)
     data_dir = variant.data_dir.format(scale=spec.scale) if variant.data_dir else None

@@ -68,6 +68,8 @@ class Scale:
     fractions: list[float] | None = None  # replaces the spec's fractions at this scale
     keep_checkpoints: str = "all"  # "final": a finished run keeps only its last fraction checkpoint
     test_fractions: str | list[float] | None = None  # replaces eval.test_fractions at this scale
+    configs: list[str] = field(default_factory=list)  # fit configs composed after each cell's (e.g. a CPU preset)
+    axes: list[dict] | dict | None = None  # replaces the spec's axes at this scale (a smaller grid on a CPU)
 
 
 @dataclass
@@ -234,6 +236,9 @@ def parse_spec(raw: dict, root: Path | str | None = ".", where: str = "spec") ->
     raw["comparisons"] = [_build(Comparison, c, f"{where}: comparisons[{i}]") for i, c in enumerate(raw.get("comparisons") or [])]
     raw["trends"] = [_build(Trend, t, f"{where}: trends[{i}]") for i, t in enumerate(raw.get("trends") or [])]
     spec = _build(Spec, raw, where)
+    scale = spec.scales.get(spec.scale)
+    if scale is not None and scale.axes is not None:
+        spec.axes = [dict(a) for a in _as_list(scale.axes)]
     if not isinstance(spec.cells, dict) or not spec.cells:
         raise SpecError(f"{where}: cells must map each cell name to its fit config(s), e.g. cells: {{vq_vq: [configs/smartwatch/vq_vq.yaml]}}")
     spec.cells = {k: _cell(v, f"{where}: cells.{k}") for k, v in spec.cells.items()}
@@ -298,6 +303,7 @@ def _check(spec: Spec, root: Path | None, where: str) -> None:
         if v.build and not v.data_dir:
             raise SpecError(f"{where}: variants.{name} has build but no data_dir to build it into")
     configs = [p for cell in spec.cells.values() for p in cell.configs] + [p for v in spec.variants.values() for p in v.configs + ([v.build] if v.build else [])]
+    configs += [p for sc in spec.scales.values() for p in sc.configs]
     for path in configs if root is not None else []:
         if not (root / path).is_file():
             raise SpecError(f"{where}: config file {path} not found (paths are relative to {root})")
