@@ -30,8 +30,13 @@ def fake_children(monkeypatch, value=lambda regime, seed, fraction, split: 0.5) 
     calls = []
 
     def fake_call(self, cmd, log_stem):
-        d = RunDir(Path(cmd[cmd.index("--trainer.default_root_dir") + 1].removesuffix("/eval")))
+        folder = cmd[cmd.index("--trainer.default_root_dir") + 1] if "--trainer.default_root_dir" in cmd else str(Path(cmd[cmd.index("--ckpt") + 1]).parent)
+        d = RunDir(Path(folder.removesuffix("/eval")))
         info = json.loads(d.run_json.read_text())
+        if cmd[1] == "probe":
+            calls.append(("probe", None, None))
+            Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps([{"attribute": "weather", "test_accuracy": 0.9 + 0.01 * info["seed"]}]))
+            return 0, 1.0
         if cmd[1] == "fit":
             calls.append(("fit", None, None))
             for f in self.spec.fractions:
@@ -166,3 +171,14 @@ def test_chance_levels_are_computed_and_the_best_constant_is_stronger():
     levels = chance_levels(n=300)
     assert levels["vqa_ref/total"]["best_constant"] > levels["vqa_ref/total"]["chance"]
     assert levels["vqa_ref/battery"]["best_constant"] == pytest.approx(0.75, abs=0.03)  # "50%" against a uniform battery
+
+
+def test_probes_run_on_the_final_checkpoint_and_reach_the_record_and_report(tmp_path, monkeypatch):
+    spec = spec_of(probes=[{"where": "adapter", "attributes": ["weather"], "regimes": ["mixed"]}])
+    calls = fake_children(monkeypatch)
+    StudyRunner(spec, tmp_path / "runs", records=tmp_path / "studies", root=ROOT, log=lambda line: None).run_all(expand(spec))
+    assert calls.count(("probe", None, None)) == 3  # the three mixed runs only
+    record = json.loads(record_path(tmp_path / "studies", "vq_vq-mixed-s1-cpu").read_text())
+    assert record["fractions"]["1.00"]["probes"]["adapter_flatten"][0]["test_accuracy"] == 0.91
+    md = write_report(tmp_path / "studies", spec, {})["md"].read_text()
+    assert "| adapter_flatten | weather | 0.910 ± 0.025 (n=3) |" in md

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -68,6 +68,7 @@ class RunCommands:
     data_dir: str | None
     fit: list[str]
     evals: list[tuple[float, str, list[str]]]  # (fraction, split, command)
+    probes: list[tuple[str, list[str]]] = field(default_factory=list)  # (output JSON, command) on the final checkpoint
 
 
 def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") -> RunCommands:
@@ -110,7 +111,14 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     effective = dotted_get(composed, "data.init_args.data_dir")
     effective = data_dir or scale.overrides.get("data.init_args.data_dir") or variant.overrides.get("data.init_args.data_dir") \
         or cell.overrides.get("data.init_args.data_dir") or effective
-    return RunCommands(run, rd, spec.epoch_samples(run.regime), scale.epochs, effective, fit_cmd, evals)
+    final = rd.fraction_ckpt(max(spec.fractions))
+    probes = []
+    for p in spec.probes:
+        if p.regimes is None or run.regime in p.regimes:
+            out = final.with_name(f"{final.stem}.probe_{p.where}_{p.pool}.json")
+            attrs = [part for a in p.attributes for part in ("--attribute", a)]
+            probes.append((str(out), ["lightning-vlm", "probe", "--ckpt", str(final), "--where", p.where, "--pool", p.pool, *attrs, "--out", str(out)]))
+    return RunCommands(run, rd, spec.epoch_samples(run.regime), scale.epochs, effective, fit_cmd, evals, probes)
 
 
 def _callbacks(composed: dict, run_dir: Path, spec: Spec) -> list[dict]:

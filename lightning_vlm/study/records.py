@@ -67,6 +67,11 @@ def build_record(run_info: dict, rd: RunDir, hash_: str | None, commands: list[l
                 metrics[split] = {k.split("/", 1)[1] if k.startswith("test/") else k: v
                                   for k, v in sorted(json.loads(path.read_text()).items()) if isinstance(v, (int, float))}
         fractions[tag] = {"fraction": fraction, "step": saved.get("step"), "samples": saved.get("samples"), "metrics": metrics}
+        ckpt = rd.fraction_ckpt(fraction)
+        probes = {p.name.split(".probe_", 1)[1].removesuffix(".json"): json.loads(p.read_text())
+                  for p in sorted(rd.path.glob(f"{ckpt.stem}.probe_*.json"))}
+        if probes:
+            fractions[tag]["probes"] = probes
     attempts = run_info.get("fit_attempts", [])
     fit_seconds = sum(a.get("seconds", 0.0) for a in attempts)
     git = run_info.get("git") or {}

@@ -29,25 +29,27 @@ def measured_tasks(metric: str) -> tuple[str, ...]:
 
 
 def collect_rows(records: list[dict]) -> list[dict]:
-    """One tidy row per (run, fraction, split, metric). Samples are the counted ones when the run
+    """One tidy row per (run, fraction, split, metric); linear probes come as split "probe", metric
+    probe/<where>_<pool>/<attribute> (test accuracy). Samples are the counted ones when the run
     counted them (FractionCheckpoint), else the planned share of its epochs (`samples_counted` false)."""
     rows = []
     for rec in records:
-        for tag, frac in sorted(rec["fractions"].items(), key=lambda kv: kv[1]["fraction"]):
+        for frac in sorted(rec["fractions"].values(), key=lambda f: f["fraction"]):
             counted = frac.get("samples")
             if counted:
                 per_task = {t: int(counted.get(t, 0)) for t in TASKS}
                 total = sum(per_task.values())
             else:
                 per_task, total = {t: None for t in TASKS}, int(round(frac["fraction"] * rec["epoch_samples"] * rec["epochs"]))
+            base = {"run": rec["run"], "cell": rec["cell"], "regime": rec["regime"], "misalign": rec["misalign"],
+                    "variant": rec["variant"], "seed": rec["seed"], "scale": rec.get("scale"), "fraction": frac["fraction"],
+                    "step": frac.get("step"), "samples_seen": total, **{f"samples_{t}": per_task[t] for t in TASKS},
+                    "samples_counted": bool(counted)}
             for split, metrics in sorted(frac["metrics"].items()):
-                for name, value in sorted(metrics.items()):
-                    rows.append({
-                        "run": rec["run"], "cell": rec["cell"], "regime": rec["regime"], "misalign": rec["misalign"],
-                        "variant": rec["variant"], "seed": rec["seed"], "scale": rec.get("scale"), "fraction": frac["fraction"],
-                        "step": frac.get("step"), "samples_seen": total, **{f"samples_{t}": per_task[t] for t in TASKS},
-                        "samples_counted": bool(counted), "split": split, "metric": name, "value": float(value),
-                    })
+                rows += [{**base, "split": split, "metric": name, "value": float(value)} for name, value in sorted(metrics.items())]
+            for kind, results in sorted((frac.get("probes") or {}).items()):
+                rows += [{**base, "split": "probe", "metric": f"probe/{kind}/{r['attribute']}", "value": float(r["test_accuracy"])}
+                         for r in results]
     return rows
 
 
@@ -142,6 +144,21 @@ def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tup
         lines.append(f"At each run's val-selected checkpoint ({better} is better; fractions {c.a} / {c.b}: {picked}): "
                      f"{s.mean:+.3f}, {ci}, {s.n} seeds: **{verdict(s, c.expect)}**.")
     return lines + [""], verdict(d, c.expect)
+
+
+def probe_lines(probes: dict, regime_order: list[str]) -> list[str]:
+    """Linear probes on the final checkpoints: test accuracy per regime and attribute, mean ± CI over seeds."""
+    if not probes:
+        return []
+    lines = ["#### Linear probes on the final checkpoint (test accuracy of a linear map from the image features)", "",
+             "| probe | attribute | " + " | ".join(r for r in regime_order if any(r in v for v in probes.values())) + " |"]
+    shown = [r for r in regime_order if any(r in v for v in probes.values())]
+    lines.append("|---|---|" + "---|" * len(shown))
+    for metric in sorted(probes):
+        _, kind, attribute = metric.split("/", 2)
+        cells = [fmt(mean_ci(probes[metric].get(r, {}).get(max(probes[metric].get(r, {0: 0})), {}).values())) for r in shown]
+        lines.append(f"| {kind} | {attribute} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def trend_lines(t, values: dict, spec: Spec) -> list[str]:
@@ -255,6 +272,7 @@ def write_report(folder: str | Path, spec: Spec | None = None, chance: dict | No
             block, final = comparison_lines(c, g, spec, chance, samples)
             verdicts += [final] if final else []
             lines += block
+        lines += probe_lines(g.get("probe", {}), regime_order)
         for m in metrics:
             split = "test" if sum(len(v) >= 2 for v in g.get("test", {}).get(m, {}).values()) else "val"
             series = g.get(split, {}).get(m)

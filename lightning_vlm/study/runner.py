@@ -134,6 +134,7 @@ class StudyRunner:
             d.fit_done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         ok = self._evaluate(rc, record, [e for e in rc.evals if e[1] != "test"])  # val first: it picks the test checkpoints
         ok &= self._evaluate(rc, record, [e for e in rc.evals if e[1] == "test" and e[0] in self.test_fractions_of(rc)])
+        ok &= self._probe(rc, record)
         self._write(d.run_json, record)
         if not ok:
             return "failed"
@@ -173,6 +174,19 @@ class StudyRunner:
             record["evals"][f"{split}/{ckpt.stem}"] = {"seconds": round(secs, 1), "returncode": code}
             if code != 0 or not metrics.is_file():
                 self.log(f"  {split} of {ckpt.name} failed (exit {code}): see {d.logs / f'{split}-{ckpt.stem}.err'}")
+                ok = False
+        return ok
+
+    def _probe(self, rc: RunCommands, record: dict) -> bool:
+        """The spec's probes on the final checkpoint, each once (its JSON beside the checkpoint)."""
+        ok = True
+        for out, cmd in rc.probes:
+            if Path(out).is_file():
+                continue
+            code, secs = self._call(cmd, rc.dir.logs / Path(out).stem)
+            record["evals"][f"probe/{Path(out).stem}"] = {"seconds": round(secs, 1), "returncode": code}
+            if code != 0 or not Path(out).is_file():
+                self.log(f"  probe failed (exit {code}): see {rc.dir.logs / (Path(out).stem + '.err')}")
                 ok = False
         return ok
 

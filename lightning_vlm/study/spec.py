@@ -97,6 +97,17 @@ class Comparison:
 
 
 @dataclass
+class Probe:
+    """`lightning-vlm probe` on a run's final checkpoint after its evaluations: a linear probe of
+    `attributes` from the image features at `where` (encoder, adapter or output), per regime listed."""
+
+    where: str = "adapter"
+    pool: str = "flatten"
+    attributes: list[str] = field(default_factory=lambda: ["weather", "weather_position", "battery_position"])
+    regimes: list[str] | None = None  # None: every regime
+
+
+@dataclass
 class Trend:
     """A claim about a trend: the paired a - b difference of `metric` against the `over` axis
     (misalign), fitted per seed as a line; `expect` is the sign of its slope."""
@@ -126,6 +137,7 @@ class Spec:
     metrics: list[str] = field(default_factory=lambda: ["vqa/total"])
     comparisons: list[Comparison] = field(default_factory=list)
     trends: list[Trend] = field(default_factory=list)
+    probes: list[Probe] = field(default_factory=list)
     lower_is_better: list[str] = field(default_factory=list)  # metrics where less is better, beyond losses and FD/KID
     conclusion: dict[str, str] = field(default_factory=dict)  # paper / gpu: the report's closing paragraph
 
@@ -235,6 +247,7 @@ def parse_spec(raw: dict, root: Path | str | None = ".", where: str = "spec") ->
         raw["eval"] = _build(Eval, raw["eval"] or {}, f"{where}: eval")
     raw["comparisons"] = [_build(Comparison, c, f"{where}: comparisons[{i}]") for i, c in enumerate(raw.get("comparisons") or [])]
     raw["trends"] = [_build(Trend, t, f"{where}: trends[{i}]") for i, t in enumerate(raw.get("trends") or [])]
+    raw["probes"] = [_build(Probe, t, f"{where}: probes[{i}]") for i, t in enumerate(raw.get("probes") or [])]
     spec = _build(Spec, raw, where)
     scale = spec.scales.get(spec.scale)
     if scale is not None and scale.axes is not None:
@@ -293,6 +306,12 @@ def _check(spec: Spec, root: Path | None, where: str) -> None:
             raise SpecError(f"{where}: trends[{i}].over: only 'misalign' is a numeric axis, got {t.over!r}")
         if t.expect not in ("higher", "lower"):
             raise SpecError(f"{where}: trends[{i}].expect must be 'higher' or 'lower' (the slope's sign), got {t.expect!r}")
+    for i, probe in enumerate(spec.probes):
+        if probe.where not in ("encoder", "adapter", "output") or probe.pool not in ("flatten", "mean"):
+            raise SpecError(f"{where}: probes[{i}]: where must be encoder, adapter or output, and pool flatten or mean")
+        for r in probe.regimes or []:
+            if r not in spec.regimes:
+                raise SpecError(f"{where}: probes[{i}]: regime '{r}' is not defined; defined: {', '.join(spec.regimes)}")
     for key, tf in [("eval.test_fractions", spec.eval.test_fractions)] + [(f"scales.{k}.test_fractions", v.test_fractions)
                                                                           for k, v in spec.scales.items() if v.test_fractions is not None]:
         if not (tf in ("all", "final") or (isinstance(tf, list) and all(isinstance(f, (int, float)) for f in tf))):
