@@ -124,7 +124,7 @@ def test_import_writes_shards_and_counts_each_skip(imported):
     by_source = {meta["source_id"]: (png, meta) for _, png, meta in found}
     png, meta = by_source["good-1"]
     assert meta["task"] == "vqa" and [t["role"] for t in meta["conversations"]] == ["user", "assistant"] * 2
-    assert meta["conversations"][0]["text"] == "What colour is the square?"  # the <image> placeholder is gone
+    assert meta["conversations"][0]["text"] == "<image>\nWhat colour is the square?"  # the placeholder stays where it stood
     img = Image.open(io.BytesIO(png))
     assert img.size == (SIZE, SIZE) and img.mode == "RGB"
     assert img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((SIZE // 2, SIZE // 2)) != (255, 255, 255)  # tall image: white sides

@@ -2,9 +2,12 @@
 
 Sequence format (one example per sample):
   <bos> <user> [<boi> <image>*N_in <eoi>] question <eot> <assistant> answer [<boi> <image>*N_out <eoi>] <eot> ...
-The input image sits inside the first user turn of understanding samples; the output
-image closes the assistant turn of generation samples. `<image>` is a placeholder
-whose embedding the model replaces with image features.
+The input image sits where the sample's text puts the `<image>` placeholder (LLaVA rows keep
+it where the user wrote it), else at the start of the first user turn; a text-only sample
+(`meta["text_only"]`) has no input image block at all. The output image closes the assistant
+turn of generation samples. `<image>` is a placeholder whose embedding the model replaces with
+image features. A `meta["system"]` prompt opens the first user turn (no loss on it): this
+format has no system role; a chat template (`data.hf_tokenizer`) renders its own.
 
 Masks ([B, L] bool):
   loss_mask       tokens that are text-loss targets: assistant text, its <eot>, and
@@ -50,16 +53,25 @@ class SequenceBuilder:
             img_out.extend([is_out] * len(tokens))
 
         task = meta["task"]
-        first_user = True
-        texts = self.tokenizer.encode_batch([turn["text"] for turn in meta["conversations"]])
-        for turn, text in zip(meta["conversations"], texts):
+        turns = list(meta["conversations"])
+        if meta.get("system"):
+            first = next((i for i, t in enumerate(turns) if t["role"] == "user"), None)
+            if first is not None:
+                turns[first] = {**turns[first], "text": f"{meta['system']}\n\n{turns[first]['text']}"}
+        image_turn = self.image_turn(meta, turns)
+        texts = self.tokenizer.encode_batch([turn["text"] for turn in turns])
+        for i, (turn, text) in enumerate(zip(turns, texts)):
             if turn["role"] == "user":
                 add([self.user])
-                if first_user and task != "generation":
+                if i == image_turn:
+                    before, found, after = turn["text"].partition(IMAGE)
+                    if found and before.strip():
+                        add(self.tokenizer.encode(before.rstrip()))
                     add([self.boi])
                     add([self.image] * self.image_tokens_in, is_in=True)
                     add([self.eoi])
-                first_user = False
+                    if found:  # else the image opens the turn, before its text as encoded
+                        text = self.tokenizer.encode(after.strip()) if after.strip() else []
                 add(text)
                 add([self.eot])
             elif turn["role"] == "assistant":
@@ -73,6 +85,16 @@ class SequenceBuilder:
             else:
                 raise ValueError(f"unknown role '{turn['role']}' in sample of task {task}")
         return {"input_ids": ids, "loss_mask": loss, "image_in_mask": img_in, "image_out_mask": img_out}
+
+
+    @staticmethod
+    def image_turn(meta: dict, turns: list[dict]) -> int | None:
+        """Index of the user turn that holds the input image: the one with the `<image>` placeholder, else
+        the first user turn; None for generation and text-only samples."""
+        if meta["task"] == "generation" or meta.get("text_only"):
+            return None
+        users = [i for i, t in enumerate(turns) if t["role"] == "user"]
+        return next((i for i in users if IMAGE in turns[i]["text"]), users[0] if users else None)
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:

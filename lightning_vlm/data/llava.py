@@ -202,7 +202,7 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
               "captions": {"name": captions.name, "sha256": file_sha256(captions)} if captions else None, **asdict(opts)}
     _prepare_out(out, config, overwrite)
 
-    sink, skipped, rows = ShardSink(out, opts.samples_per_shard, llava_histogram), Counter(), Counter()
+    sink, skipped, rows, trimmed = ShardSink(out, opts.samples_per_shard, llava_histogram), Counter(), Counter(), Counter()
     work = partial(process_row, images=str(images), opts=opts)
     workers = max(1, int(workers or 1))
     pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) if workers > 1 else None
@@ -215,6 +215,7 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
                     skipped[reason] += 1
                     log.warning("skipped %s row %s [%s]: %s", source, index, reason, message)
                 else:
+                    trimmed.update(result[-1].get("trimmed", []))
                     sink.add(*result[1:])
             rows.update(item[0] for item in batch)
             bar.update(len(batch))
@@ -229,6 +230,6 @@ def import_llava(json_path: str | Path, images: str | Path, out: str | Path, cap
         raise ValueError(f"no row of {json_path} made a train sample (skipped: {dict(skipped)}); check the input and --images")
     train_tokenizer(_train_texts(out, shards), opts.vocab_size).save(str(out / "tokenizer.json"))
     content = manifest("llava", config["image_size"], shards, seed=0, share_images=False, config=config,  # seed: nothing is random
-                       rows=dict(sorted(rows.items())), skipped=dict(sorted(skipped.items())))
+                       rows=dict(sorted(rows.items())), skipped=dict(sorted(skipped.items())), trimmed=dict(sorted(trimmed.items())))
     write_manifest(out, content)
     return content

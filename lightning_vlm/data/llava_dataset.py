@@ -49,6 +49,7 @@ def import_command(args: argparse.Namespace) -> int:
         max_chars=args.max_chars, samples_per_shard=args.samples_per_shard, vocab_size=args.vocab_size,
     )
     print(summary(args.out))
-    skipped = manifest["skipped"]
+    skipped, trimmed = manifest["skipped"], manifest.get("trimmed", {})
     print(f"skipped rows: {sum(skipped.values())}" + "".join(f"  {k}={v}" for k, v in skipped.items()))
+    print(f"rows kept with a part cut: {sum(trimmed.values())}" + "".join(f"  {k}={v}" for k, v in trimmed.items()))
     return 0

@@ -18,12 +18,12 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from .tokenizer import SPECIAL_TOKENS
+from .tokenizer import IMAGE, SPECIAL_TOKENS
 
 CHUNK_CHARS = 1 << 20
 MAX_ROW_CHARS = 64 << 20  # an element still open after this many characters ends the read (unbalanced brackets)
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-BLANK_IMAGE_ID = "<blank>"  # text-only rows share one white image (the sequence format always has an input image)
+ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+BLANK_IMAGE_ID = "<blank>"  # text-only rows carry one shared white image that no token reads
 
 # Text-to-image requests built from a caption, as in the study; the pick is a hash of the row, so it is stable.
 GENERATION_REQUESTS = (
@@ -152,47 +152,91 @@ def _iter_array(stream, buf: str, chunk_chars: int) -> Iterator[tuple[int, objec
 
 
 # ---- rows -> sample meta -------------------------------------------------------------------
-def clean_text(text: str) -> str:
-    """Text without the `<image>` placeholder (the sequence builder places image tokens) or any other special token."""
+def clean_text(text: str, keep_image: bool = False) -> str:
+    """Text without special tokens (the sequence builder writes them); with `keep_image` the `<image>`
+    placeholder stays where it stands, so the image goes where the user put it."""
     for token in SPECIAL_TOKENS:
-        text = text.replace(token, "")
+        if not (keep_image and token == IMAGE):
+            text = text.replace(token, "")
     return text.strip()
 
 
-def _image_field(row: dict) -> str | None:
-    image = row.get("image")
-    if image is None or image == "":
+def _one_path(value, key: str) -> str | None:
+    """A path from a string or a one-element list; None for an empty value."""
+    if isinstance(value, list):
+        if len(value) > 1:
+            raise SkipRow("multi_image", f"{len(value)} images in '{key}'; one image per sample is supported")
+        value = value[0] if value else None
+    if value is None or value == "":
         return None
-    if isinstance(image, list):
-        raise SkipRow("multi_image", f"{len(image)} images in one row; one image per sample is supported")
-    if not isinstance(image, str):
-        raise SkipRow("malformed_row", f"'image' is a {type(image).__name__}, not a path")
-    return Path(image).as_posix()
+    if not isinstance(value, str):
+        raise SkipRow("malformed_row", f"'{key}' holds a {type(value).__name__}, not a path")
+    return Path(value).as_posix()
 
 
-def conversation_meta(row: object, index: int, max_chars: int) -> tuple[str | None, dict]:
-    """(image path or None, meta) of an understanding sample from a LLaVA conversation row."""
-    if not isinstance(row, dict):
-        raise SkipRow("malformed_row", f"row is a {type(row).__name__}, not an object")
+def _image_field(row: dict) -> str | None:
+    """The row's one image: `image` (LLaVA: a path or a one-element list) or `images` (LLaMA-Factory's list)."""
+    image, images = _one_path(row.get("image"), "image"), _one_path(row.get("images"), "images")
+    if image and images and image != images:
+        raise SkipRow("malformed_row", f"'image' ({image}) and 'images' ({images}) disagree")
+    return image or images
+
+
+def _turns(row: dict) -> tuple[str | None, list[dict]]:
+    """(system prompt or None, conversation turns with roles user/assistant) of a row."""
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise SkipRow("malformed_row", "no 'conversations' list")
+    system = row.get("system") if isinstance(row.get("system"), str) else None
     conversation = []
     for turn in turns:
         if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
             raise SkipRow("malformed_row", "a turn lacks 'from' or 'value' strings")
         role = ROLES.get(turn["from"].lower())
         if role is None:
-            raise SkipRow("malformed_row", f"unknown speaker '{turn['from']}' (expected human or gpt)")
-        conversation.append({"role": role, "text": clean_text(turn["value"])})
+            raise SkipRow("malformed_row", f"unknown speaker '{turn['from']}' (expected system, human or gpt)")
+        if role == "system":
+            if conversation:
+                raise SkipRow("malformed_row", "a system turn after the conversation started")
+            system = "\n".join(t for t in (system, clean_text(turn["value"])) if t)
+            continue
+        conversation.append({"role": role, "text": clean_text(turn["value"], keep_image=True)})
+    return (system or None), conversation
+
+
+def _place_image(conversation: list[dict], has_image: bool, trimmed: list[str]) -> None:
+    """At most one `<image>`, in a user turn, and only when the row has an image (else it is dropped and counted)."""
+    holders = [t for t in conversation if IMAGE in t["text"]]
+    if sum(t["text"].count(IMAGE) for t in holders) > 1:
+        raise SkipRow("multi_image", "more than one <image> placeholder; one image per sample is supported")
+    if holders and holders[0]["role"] != "user":
+        raise SkipRow("malformed_row", "the <image> placeholder is in an assistant turn")
+    if holders and not has_image:
+        holders[0]["text"] = clean_text(holders[0]["text"])
+        trimmed.append("placeholder_without_image")
+
+
+def conversation_meta(row: object, index: int, max_chars: int) -> tuple[str | None, dict]:
+    """(image path or None, meta) of an understanding sample from a LLaVA / ShareGPT conversation row.
+
+    Accepted as people write them: `image` as a path or a one-element list, LLaMA-Factory's `images`
+    list, a `system` key or leading system turn, `<image>` anywhere in a user turn (it stays there).
+    What is cut rather than skipped is listed in meta["trimmed"] (the importer counts it): a trailing
+    question nobody answers, a placeholder in a row without an image."""
+    if not isinstance(row, dict):
+        raise SkipRow("malformed_row", f"row is a {type(row).__name__}, not an object")
+    system, conversation = _turns(row)
+    trimmed = []
     while conversation and conversation[-1]["role"] == "user":
         conversation.pop()  # a question nobody answers carries no loss
+        trimmed.append("trailing_user_turn")
     if not any(t["role"] == "assistant" and t["text"] for t in conversation):
         raise SkipRow("no_assistant_turn", "no assistant (gpt) turn with text")
-    chars = sum(len(t["text"]) for t in conversation)
+    image = _image_field(row)
+    _place_image(conversation, image is not None, trimmed)
+    chars = sum(len(t["text"]) for t in conversation) + len(system or "")
     if chars > max_chars:
         raise SkipRow("too_long", f"{chars} characters > --max-chars {max_chars}")
-    image = _image_field(row)
     row_id = row.get("id")
     meta = {
         "task": "vqa",
@@ -201,8 +245,12 @@ def conversation_meta(row: object, index: int, max_chars: int) -> tuple[str | No
         "attributes": {},
         "image_id": image or BLANK_IMAGE_ID,
         "source_id": str(row_id) if row_id is not None else f"row-{index}",
-        "text_only": image is None,
+        "text_only": image is None,  # no input image block in the sequence (collate.SequenceBuilder)
     }
+    if system:
+        meta["system"] = system
+    if trimmed:
+        meta["trimmed"] = trimmed
     return image, meta
 
 

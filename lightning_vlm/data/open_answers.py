@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .dataset import Scorer
+from .tokenizer import IMAGE
 
 OPEN_METRICS = ("open/exact", "open/contains")
 MAX_REFERENCE_WORDS = 10
@@ -101,7 +102,8 @@ class OpenAnswerScorer(Scorer):
 def prediction_record(meta: dict, answer: str, model_id: str, prompt: str | None = None) -> dict:
     """One answer in LLaVA `model_vqa` / lmms-eval form; `answer_id` is a stable hash, not a random id."""
     question_id = str(meta.get("source_id") or meta.get("image_id"))
-    prompt = prompt if prompt is not None else next((t["text"] for t in meta.get("conversations", []) if t["role"] == "user"), "")
+    if prompt is None:  # the first question as asked, without the image placeholder
+        prompt = next((t["text"] for t in meta.get("conversations", []) if t["role"] == "user"), "").replace(IMAGE, "").strip()
     answer_id = hashlib.sha1(f"{model_id}\0{question_id}\0{answer}".encode()).hexdigest()[:22]
     metadata = {"image": meta.get("image_id"), "reference": reference_answer(meta), "task": meta.get("task")}
     return {"question_id": question_id, "prompt": prompt, "text": answer, "answer_id": answer_id,

@@ -17,7 +17,7 @@ from .heads import sample_logits
 def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:
     """Ids and input-image mask of the sample's conversation up to the assistant's `upto_turn`-th reply."""
     convs = meta["conversations"][: 2 * upto_turn + 1]
-    enc = model.builder.encode({"task": meta["task"], "conversations": convs})
+    enc = model.builder.encode({**meta, "conversations": convs})  # keeps text_only, system, the <image> position
     ids = enc["input_ids"] + [model.tokenizer.id(ASSISTANT)]
     return {"input_ids": ids, "image_in_mask": enc["image_in_mask"] + [False]}
 
