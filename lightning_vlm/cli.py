@@ -198,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_vlm.smartwatch.probe import probe_main
 
         sys.exit(probe_main(argv[1:]))
+    if verb == "eval":
+        from lightning_vlm.eval.benchmark import eval_main
+
+        sys.exit(eval_main(argv[1:]))
     if verb == "export":
         from lightning_vlm.export import export_main
 
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                 "       lightning-vlm data smartwatch --out DIR [--config FILE] [...]\n"
                 "       lightning-vlm encode --encoder NAME --checkpoint FILE --data DIR\n"
                 "       lightning-vlm probe --ckpt VLM.ckpt [--attribute weather] [--where adapter]\n"
+                "       lightning-vlm eval --ckpt VLM.ckpt --questions Q.jsonl --images DIR --format {pope,mme,mcq,open} --out DIR\n"
                 "       lightning-vlm export --ckpt VLM.ckpt --merge-lora --out DIR\n"
                 "       lightning-vlm study {plan,run,report} SPEC|DIR [--out DIR] [--shard i/n]\n"
                 "       lightning-vlm upgrade OLD.ckpt [--out NEW.ckpt]   (a checkpoint of DiscreteVLM & co.)\n"
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         lightning_main(None if from_shell else argv)  # LightningCLI reads sys.argv itself
         return
-    sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, encode, probe, export, "
+    sys.exit(f"lightning-vlm: unknown command '{verb}'; use one of: fit, validate, test, predict, data, encode, probe, eval, export, "
              "study, upgrade, plugins")
 
 
