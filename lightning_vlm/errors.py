@@ -65,8 +65,9 @@ def preflight(config, subcommand: str | None) -> None:
         return
     sub = config.get(subcommand)
     ckpt = sub.get("ckpt_path") if sub is not None else None
+    sharded = Path(ckpt or "", "meta.pt").is_file()  # an FSDP sharded checkpoint is a folder (state_dict_type: sharded)
     if ckpt and str(ckpt) not in CKPT_KEYWORDS and "://" not in str(ckpt) and not str(ckpt).startswith("registry:") \
-            and not Path(ckpt).is_file():
+            and not Path(ckpt).is_file() and not sharded:
         raise UserError(f"checkpoint not found: {ckpt} (--ckpt_path); give the .ckpt a fit wrote, e.g. <run dir>/last.ckpt")
     reader = sub.get("data.init_args.reader") if sub is not None and sub.get("data.init_args") is not None else None
     if subcommand == "test" and isinstance(reader, str) and reader and not Path(reader).is_file():

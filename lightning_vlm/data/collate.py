@@ -7,7 +7,9 @@ it where the user wrote it), else at the start of the first user turn; a text-on
 (`meta["text_only"]`) has no input image block at all. The output image closes the assistant
 turn of generation samples. `<image>` is a placeholder whose embedding the model replaces with
 image features. A `meta["system"]` prompt opens the first user turn (no loss on it): this
-format has no system role; a chat template (`data.hf_tokenizer`) renders its own.
+format has no system role. With `chat_template=True` the sample is rendered with the
+tokenizer's own chat template instead (`data.chat_format.ChatFormat`: same flags, the system
+prompt as a system message, the loss on assistant turns only).
 
 Masks ([B, L] bool):
   loss_mask       tokens that are text-loss targets: assistant text, its <eot>, and
@@ -36,14 +38,38 @@ class SequenceBuilder:
     tokenizer: TextTokenizer
     image_tokens_in: int = 64
     image_tokens_out: int = 64
+    chat_template: bool = False
 
     def __post_init__(self):
         t = self.tokenizer
         self.bos, self.user, self.assistant, self.eot = t.id(BOS), t.id(USER), t.id(ASSISTANT), t.id(EOT)
         self.boi, self.eoi, self.image, self.pad = t.id(BOI), t.id(EOI), t.id(IMAGE), t.id(PAD)
+        self.chat = None
+        if self.chat_template:
+            from .chat_format import ChatFormat
+
+            self.chat = ChatFormat(t, self.image_tokens_in, self.image_tokens_out)
+
+    def prompt(self, meta: dict) -> dict[str, list]:
+        """Ids and input-image mask of a conversation that ends with a user turn, plus the assistant's
+        header: what generation continues (`models.generation.prompt_for`)."""
+        if self.chat is not None:
+            return self.chat.prompt(meta, self.image_turn(meta, meta["conversations"]))
+        enc = self.encode(meta)
+        return {"input_ids": enc["input_ids"] + [self.assistant], "image_in_mask": enc["image_in_mask"] + [False]}
+
+    def stop_ids(self, names: tuple[str, ...]) -> list[int]:
+        """Ids of the named project tokens at which generation stops; under a chat template `<eot>` also
+        stands for the template's own end of turn (`ChatFormat.end_ids`)."""
+        ids = [self.tokenizer.id(name) for name in names]
+        if self.chat is not None and EOT in names:
+            ids += [i for i in self.chat.end_ids if i not in ids]
+        return ids
 
     def encode(self, meta: dict) -> dict[str, list]:
         """Token ids and per-token flags for one sample (lists of equal length)."""
+        if self.chat is not None:
+            return self.chat.encode(meta, self.image_turn(meta, meta["conversations"]))
         ids, loss, img_in, img_out = [self.bos], [False], [False], [False]
 
         def add(tokens, is_loss=False, is_in=False, is_out=False):

@@ -95,6 +95,8 @@ class VLMDataModule(pl.LightningDataModule):
         seed: seeds the training order (which samples, in which order, each epoch). Default: the run's
             seed, i.e. the `PL_GLOBAL_SEED` that `seed_everything` (the CLI's `seed_everything:`) sets,
             read when the loaders are built; 0 when there is none. Every rank must use the same seed.
+        chat_template: render conversations with the tokenizer's own chat template (an hf: tokenizer of an
+            instruct model; `data.chat_format`) instead of the project's format; the model must set it too.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class VLMDataModule(pl.LightningDataModule):
         generation_plan: bool = False,
         reader: str | None = None,
         dataset: str | None = None,
+        chat_template: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -128,7 +131,7 @@ class VLMDataModule(pl.LightningDataModule):
         if generation_plan and type(self.dataset).plan_generation is DatasetPlugin.plan_generation:
             self.dataset.plan_generation({})  # fails now, not in a worker: the dataset writes no plan
         self.tokenizer = load_tokenizer(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])  # tokenizer.json or hf:/folder
-        self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out)
+        self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out, chat_template)
         self.train_task_samples = resolve_task_plan(task_weights, self.pool_sizes(train_split), epoch_samples)
         bad = set(eval_tasks or []) - set(TASKS)
         if bad:

@@ -11,12 +11,14 @@ embeddings and LM head. The project's special tokens are mapped onto it:
   (new ids after the model's vocabulary, `added_ids`), whose embedding and LM-head rows the
   VLM trains (see `models.hf_backbone.AddedTokenEmbedding`).
 
-Chat template: the model's own template (if any) is NOT used. Sequences keep the project's
-format (`collate.SequenceBuilder`): single-token turn markers are what the masks, the image
-slots, classifier-free guidance's prompt hiding and generation's stop tokens are built on,
+Chat template: by default the model's own template (if any) is NOT used. Sequences keep the
+project's format (`collate.SequenceBuilder`): single-token turn markers are what the masks, the
+image slots, classifier-free guidance's prompt hiding and generation's stop tokens are built on,
 and one format for every backbone keeps runs comparable. The turn markers are learned in
-fine-tuning (their rows are trainable even under LoRA); an instruct model loses the prior of
-its chat format, which a LLaVA-style fine-tune relearns anyway.
+fine-tuning (their rows are trainable even under LoRA). With `chat_template: true` (data module
+and model) conversations are rendered with the template kept here (`chat_template`, rendered
+by `render_chat` through transformers' `apply_chat_template`; see `data.chat_format`), so an
+instruct model keeps the prior of its own conversation format.
 
 Model and data agree when both name the same folder: `UnifiedVLM.setup` compares the two
 tokenizers' serialised form (`.tokenizer.to_str()`), which includes the added tokens.
@@ -89,16 +91,36 @@ def hf_tokenizer_with_specials(folder: str | Path, local_files_only: bool = True
     return tok, special, added
 
 
+def template_tokens(tok) -> dict[str, str]:
+    """The model's own special-token strings a chat template may print (`{{ bos_token }}`, `{{ eos_token }}`)."""
+    names = ("bos_token", "eos_token", "unk_token", "pad_token")
+    return {name: str(getattr(tok, name)) for name in names if getattr(tok, name, None) is not None}
+
+
+def own_chat_template(tok) -> str | None:
+    """The tokenizer's chat template as one string (a dict of named templates gives its "default"), or None."""
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template or None
+
+
 class HFTokenizer(TextTokenizer):
     """TextTokenizer over a pretrained model's tokenizer; see the module docstring.
 
     `.tokenizer` is the `tokenizers.Tokenizer` (with the added tokens), as in TextTokenizer;
     `special` maps each project token to its id; `added_ids` are the ids added to the model's
-    vocabulary; `vocab_size` is the largest id + 1 (the rows an embedding table needs).
+    vocabulary; `vocab_size` is the largest id + 1 (the rows an embedding table needs);
+    `chat_template` is the model's own template (None when it has none) and `template_tokens`
+    the special-token strings it prints.
     """
 
-    def __init__(self, tokenizer: Tokenizer, special: dict[str, int], added_ids: list[int], source: str | None = None):
+    def __init__(self, tokenizer: Tokenizer, special: dict[str, int], added_ids: list[int], source: str | None = None,
+                 chat_template: str | None = None, template_tokens: dict[str, str] | None = None):
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.template_tokens = dict(template_tokens or {})
+        self._chat_tokenizer = None
         missing = [t for t in SPECIAL_TOKENS if t not in special]
         if missing:
             raise ValueError(f"hf tokenizer lacks project tokens {missing}")
@@ -110,13 +132,29 @@ class HFTokenizer(TextTokenizer):
     @classmethod
     def from_pretrained(cls, folder: str | Path, local_files_only: bool = True) -> "HFTokenizer":
         tok, special, added = hf_tokenizer_with_specials(folder, local_files_only)
-        return cls(Tokenizer.from_str(tok.backend_tokenizer.to_str()), special, added, str(folder))
+        return cls(Tokenizer.from_str(tok.backend_tokenizer.to_str()), special, added, str(folder),
+                   own_chat_template(tok), template_tokens(tok))
 
     def __getstate__(self):  # picklable for DataLoader workers
-        return {"json": self.tokenizer.to_str(), "special": self.special, "added": self.added_ids, "source": self.source}
+        return {"json": self.tokenizer.to_str(), "special": self.special, "added": self.added_ids, "source": self.source,
+                "chat_template": self.chat_template, "template_tokens": self.template_tokens}
 
     def __setstate__(self, state):
-        self.__init__(Tokenizer.from_str(state["json"]), state["special"], state["added"], state.get("source"))
+        self.__init__(Tokenizer.from_str(state["json"]), state["special"], state["added"], state.get("source"),
+                      state.get("chat_template"), state.get("template_tokens"))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """`messages` ({role, content}) as the model's chat template writes them (text, not ids)."""
+        if self.chat_template is None:
+            raise ValueError(f"the tokenizer of {self.source} has no chat template: use an instruct model's folder "
+                             "(or add a chat_template to its tokenizer_config.json), or set chat_template: false")
+        if self._chat_tokenizer is None:  # built once per process (workers unpickle without it)
+            from transformers import PreTrainedTokenizerFast
+
+            self._chat_tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.tokenizer.to_str()),
+                                                           **self.template_tokens)
+        return self._chat_tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                        add_generation_prompt=add_generation_prompt)
 
     @property
     def vocab_size(self) -> int:

@@ -145,6 +145,9 @@ def load_vlm(path: str | Path, map_location: str = "cpu"):
     from ..registry import import_class
 
     path = Path(path)
+    if (path / "meta.pt").is_file():
+        raise ValueError(f"{path} is a sharded FSDP checkpoint (a folder): make one file of it first with "
+                         f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}`, then use {path}.consolidated")
     if not path.is_file():
         raise FileNotFoundError(f"no VLM checkpoint at {path}")
     checkpoint = upgrade_checkpoint(torch.load(path, map_location="cpu", weights_only=False))

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from ..data.tokenizer import ASSISTANT, BOI, EOT
+from ..data.tokenizer import BOI, EOT
 from .heads import sample_logits
 
 
 def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:
-    """Ids and input-image mask of the sample's conversation up to the assistant's `upto_turn`-th reply."""
+    """Ids and input-image mask of the sample's conversation up to the assistant's `upto_turn`-th reply,
+    in the format the model was trained on (`SequenceBuilder.prompt`: the project's or a chat template)."""
     convs = meta["conversations"][: 2 * upto_turn + 1]
-    enc = model.builder.encode({**meta, "conversations": convs})  # keeps text_only, system, the <image> position
-    ids = enc["input_ids"] + [model.tokenizer.id(ASSISTANT)]
-    return {"input_ids": ids, "image_in_mask": enc["image_in_mask"] + [False]}
+    return model.builder.prompt({**meta, "conversations": convs})  # keeps text_only, system, the <image> position
 
 
 def _pad(prompts: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,21 +92,42 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
     """Continuation of each prompt until a stop token (included) or `max_new_tokens`: greedy at
     temperature 0, else sampled. `groups`: prompts of one conversation share one prefill
     (`_prefill_last`); `image_ids`: the images' ids, to read their encoder tokens from the token cache."""
-    stop_ids = torch.tensor([model.tokenizer.id(s) for s in stop], device=model.device)
+    stop_ids = torch.tensor(model.builder.stop_ids(stop), device=model.device)  # a chat template's end of turn too
     cache, last = _prefill_last(model, prompts, images, max_new_tokens, groups, image_ids)
     steps = []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
+    lockstep = _sharded(model)
     for _ in range(max_new_tokens):
         nxt = sample_logits(model.lm_head(last).float(), temperature, generator)  # [B]
         steps.append(nxt)
         done |= torch.isin(nxt, stop_ids)
-        if done.all():
+        if _all_done(done, lockstep):
             break
         last = model.backbone.decode(model.text_embeddings(nxt)[:, None], cache)[:, 0]
     if not steps:
         return [[] for _ in prompts]
     stops = set(stop_ids.tolist())
     return [_up_to_stop(row, stops) for row in torch.stack(steps, 1).tolist()]
+
+
+def _sharded(model) -> bool:
+    """Whether some layer of `model` is an FSDP unit: each call of it gathers its weights from every rank."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed import fsdp
+
+    units = tuple(c for c in (fsdp.FullyShardedDataParallel, getattr(fsdp, "FSDPModule", None)) if c is not None)
+    return any(isinstance(m, units) for m in model.modules())
+
+
+def _all_done(done: torch.Tensor, lockstep: bool) -> bool:
+    """Every row has stopped, on every rank when `lockstep`: under FSDP a rank that stopped decoding
+    early would leave the others waiting in their next layer's all-gather (transformers' synced_gpus)."""
+    finished = done.all().to(torch.int32)
+    if lockstep:
+        torch.distributed.all_reduce(finished, op=torch.distributed.ReduceOp.MIN)
+    return bool(finished)
 
 
 def _up_to_stop(row: list[int], stops: set[int]) -> list[int]:
@@ -122,9 +142,9 @@ def _up_to_stop(row: list[int], stops: set[int]) -> list[int]:
 def generate_images(model, prompts: list[dict], max_new_tokens: int = 24, generator: torch.Generator | None = None,
                     guidance_scale: float = 1.0, temperature: float = 0.0):
     """Images [B, 3, H, W] in [0, 1] and the text the model wrote before each image (at text `temperature`)."""
-    boi, eot = model.tokenizer.id(BOI), model.tokenizer.id(EOT)
+    boi, stops = model.tokenizer.id(BOI), set(model.builder.stop_ids((BOI, EOT)))
     texts = generate_text(model, prompts, max_new_tokens=max_new_tokens, stop=(BOI, EOT), generator=generator, temperature=temperature)
-    texts = [[t for t in text if t not in (boi, eot)] for text in texts]
+    texts = [[t for t in text if t not in stops] for text in texts]
     full = [{"input_ids": p["input_ids"] + t + [boi]} for p, t in zip(prompts, texts)]
     feats, indices = image_tokens(model, full, generator, guidance_scale)
     return model.decode_images(feats, indices), [model.tokenizer.decode(t) for t in texts]

@@ -18,6 +18,7 @@ markers) get rows of their own that are trained even when LoRA freezes the LM.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -107,12 +108,15 @@ class HFBackbone(nn.Module):
             are frozen, the adapters trained. None = off (every weight trainable).
         local_files_only: never look for the model online (the default; a hub id needs False).
         attn_implementation: "sdpa", "eager", "flash_attention_2", ... (default: transformers' choice).
+        weights_on_rank0: only global rank 0 reads the weights; the other ranks build the LM on the meta
+            device (no memory) and FSDP copies rank 0's into their shards (`training.strategies.VLMFSDPStrategy`).
+            For FSDP only: with any other strategy those ranks would have no weights.
         from_pretrained_kwargs: anything else for `from_pretrained` (programmatic use).
     """
 
     def __init__(self, path: str, dtype: str | None = None, gradient_checkpointing: bool = False,
                  lora: dict | bool | None = None, local_files_only: bool = True, attn_implementation: str | None = None,
-                 **from_pretrained_kwargs):
+                 weights_on_rank0: bool = False, **from_pretrained_kwargs):
         super().__init__()
         folder = Path(path)
         if local_files_only and not folder.is_dir():
@@ -125,7 +129,13 @@ class HFBackbone(nn.Module):
             kwargs[_dtype_argument(transformers.__version__)] = DTYPES[dtype]
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=local_files_only, **kwargs)
+        on_meta = weights_on_rank0 and _global_rank() != 0
+        if on_meta:  # the architecture without its weights: FSDP fills them in from rank 0
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=local_files_only)
+            with torch.device("meta"):
+                model = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=local_files_only, **kwargs)
         if gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -136,7 +146,8 @@ class HFBackbone(nn.Module):
             peft = _peft()
             config = peft.LoraConfig(r=int(self.lora["r"]), lora_alpha=float(self.lora["alpha"]), lora_dropout=float(self.lora["dropout"]),
                                      target_modules=self.lora["target_modules"], bias="none")
-            model = peft.get_peft_model(model, config)  # freezes every weight of the LM; adapters in float32
+            with torch.device("meta") if on_meta else contextlib.nullcontext():
+                model = peft.get_peft_model(model, config)  # freezes every weight of the LM; adapters in float32
         self.model = model
         # the cache argument is `past_key_values` in transformers 4, renamed `cache` in 5
         self._cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
@@ -218,6 +229,13 @@ class HFBackbone(nn.Module):
         return self(inputs_embeds, cache=cache)
 
 
+def _global_rank() -> int:
+    """This process's global rank as Lightning reads it from the launcher's environment, before any process group."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0)
+
+
 def _dtype_argument(version: str) -> str:
     """`from_pretrained`'s dtype keyword: `dtype` from transformers 4.56 on, `torch_dtype` before."""
     major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
@@ -237,7 +255,8 @@ class AddedTokenEmbedding(nn.Module):
         self.base = base
         weight = base.weight.detach().float()
         k = len(added_ids)
-        init = weight.mean(0, keepdim=True) + 0.01 * weight.std(0, keepdim=True) * torch.randn(k, weight.shape[1])
+        noise = torch.randn(k, weight.shape[1], device="meta" if weight.is_meta else "cpu")  # meta: a rank that FSDP fills in
+        init = weight.mean(0, keepdim=True) + 0.01 * weight.std(0, keepdim=True) * noise.to(weight.device)
         self.added = nn.Parameter(init)  # float32: trainable even when the pretrained table is bf16
         self.num_embeddings = max([base.num_embeddings] + [i + 1 for i in added_ids])
         self.embedding_dim = base.embedding_dim

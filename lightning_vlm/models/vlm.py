@@ -58,15 +58,21 @@ class VLM(nn.Module):
         input_position_embedding: add a learned 2-D (row + column) embedding to every input image token
             (`models.positions`): conv tokens carry no absolute position.
         prompt_dropout / context_noise / image_loss_weight: see the module docstring.
+        chat_template: render conversations with the tokenizer's own chat template (`data.chat_format`);
+            must match the data module's `chat_template` so training batches and prompts agree.
     """
 
     def __init__(self, tokenizer, input_encoder: nn.Module, backbone: nn.Module, head: nn.Module,
                  output_encoder: nn.Module | None = None, text_layers: tuple[nn.Module, nn.Module] | None = None,
                  misalign: nn.Module | None = None, standardize_features: bool = False, output_slot_embedding: bool = True,
-                 input_position_embedding: bool = False, prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0):
+                 input_position_embedding: bool = False, prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0,
+                 chat_template: bool = False):
         super().__init__()
         if not 0 <= prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
+        if chat_template and prompt_dropout:
+            raise ValueError("prompt_dropout hides the request by the project's turn markers, which a chat template does not use: "
+                             "set prompt_dropout: 0 or chat_template: false")
         if context_noise < 0:
             raise ValueError(f"context_noise must be >= 0, got {context_noise}")
         self.tokenizer = tokenizer
@@ -74,7 +80,7 @@ class VLM(nn.Module):
         self.shared_space = output_encoder is None or output_encoder is input_encoder
         self.input_encoder = input_encoder
         self.output_encoder = input_encoder if self.shared_space else output_encoder
-        self.builder = SequenceBuilder(tokenizer, self.input_encoder.num_tokens, self.output_encoder.num_tokens)
+        self.builder = SequenceBuilder(tokenizer, self.input_encoder.num_tokens, self.output_encoder.num_tokens, chat_template)
         self.backbone = backbone
         dim = backbone.dim
         if text_layers is None:
@@ -104,6 +110,9 @@ class VLM(nn.Module):
     def prompt_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] bool: the text of each sequence's first user turn, the part hidden for the unconditional image."""
         b = self.builder
+        if b.chat is not None:
+            raise ValueError("classifier-free guidance hides the request by the project's turn markers, which a chat template "
+                             "does not use: set guidance_scale: 1 or train with chat_template: false")
         in_first_turn = ((ids == b.user).cumsum(1) == 1) & ((ids == b.eot).cumsum(1) == 0)
         return in_first_turn & ~torch.isin(ids, torch.tensor([b.user, b.boi, b.image, b.eoi], device=ids.device))
 

@@ -27,6 +27,7 @@ from ..eval.evaluator import GenerationSettings, VLMEvaluator, select_rows
 from ..models import checkpoints
 from .build import build_vlm
 from .examples import format_metrics, log_examples, save_generated_grid, tensorboard
+from .strategies import check_meta_weights, fsdp_root, rank_zero_object
 
 # The frozen image encoders stay in eval mode by design (their BatchNorm statistics are part of the
 # tokenizer), so Lightning's "Found N module(s) in eval mode at the start of training" says nothing a
@@ -64,6 +65,8 @@ class UnifiedVLM(pl.LightningModule):
         compile_backbone: train with the backbone compiled by torch.compile (the first steps pay the compile).
         save_frozen_backbone: also store an hf: backbone's frozen weights in checkpoints (default: they are
             read back from the model folder at load; loading is then non-strict, for FSDP's own loader).
+        chat_template: render conversations with the tokenizer's own chat template (an instruct LM's);
+            the data module must say the same (`data.init_args.chat_template`). docs/real_data.md.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class UnifiedVLM(pl.LightningModule):
         init_weights: str | None = None,
         compile_backbone: bool = False,
         save_frozen_backbone: bool = False,
+        chat_template: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -114,7 +118,8 @@ class UnifiedVLM(pl.LightningModule):
             input_token_group=input_token_group, output_token_group=output_token_group,
             standardize_features=standardize_features, output_slot_embedding=output_slot_embedding,
             input_position_embedding=input_position_embedding,
-            prompt_dropout=prompt_dropout, context_noise=context_noise, image_loss_weight=image_loss_weight)
+            prompt_dropout=prompt_dropout, context_noise=context_noise, image_loss_weight=image_loss_weight,
+            chat_template=chat_template)
         if compile_backbone:
             self.model.compile_backbone()
         if backbone.startswith("hf:") and not save_frozen_backbone:
@@ -140,9 +145,14 @@ class UnifiedVLM(pl.LightningModule):
         if stage == "fit" and self.hparams.init_weights:
             checkpoints.load_weights(self, self.hparams.init_weights)
             rank_zero_info(f"init_weights: started from the weights of {self.hparams.init_weights}")
+        if self._trainer is not None:
+            check_meta_weights(self)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or not hasattr(dm, "tokenizer"):
             return
+        if getattr(dm.builder, "chat_template", False) != self.model.builder.chat_template:
+            raise ValueError(f"data.init_args.chat_template is {getattr(dm.builder, 'chat_template', False)} but "
+                             f"model.init_args.chat_template is {self.model.builder.chat_template}: set both alike")
         if dm.tokenizer.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
             raise ValueError(f"model.tokenizer_path ({self.hparams.tokenizer_path}) differs from the data's tokenizer.json; point it at the data's")
         for side, enc, n in (("in", self.model.input_encoder, dm.builder.image_tokens_in), ("out", self.model.output_encoder, dm.builder.image_tokens_out)):
@@ -207,11 +217,13 @@ class UnifiedVLM(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = ~batch["is_padding"]
-        if not real.any():
-            return
-        batch = select_rows(batch, real)
-        for name, value in self.model(batch).items():
-            self.val_losses[name.replace("/", "__")].update(value.detach().float(), len(batch["keys"]))
+        if real.any():
+            rows = select_rows(batch, real)
+            for name, value in self.model(rows).items():
+                self.val_losses[name.replace("/", "__")].update(value.detach().float(), len(rows["keys"]))
+        elif fsdp_root(self) is not None:
+            self.model(batch)  # padding only: this rank still joins every FSDP unit's all-gather, unscored
+        self.draw_val_examples(batch)
 
     def on_validation_epoch_end(self) -> None:
         """Synced in a fixed order on every rank (a rank may have seen no sample of some task).
@@ -229,28 +241,39 @@ class UnifiedVLM(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_logged = {"generation": False, "understanding": False}
 
-    def on_validation_batch_end(self, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def draw_val_examples(self, batch: dict) -> None:
         """Once per validation: generated images beside their ground truth, and sample answers (no scores).
 
-        Eval batches come task by task, so the grid waits for the first batch with generation
-        rows and the answers for the first with understanding rows.
+        Eval batches come task by task, so the grid waits for the first batch with generation rows
+        and the answers for the first with understanding rows. Every rank generates rank 0's picks,
+        inside `validation_step` (under FSDP that is inside the root's forward): each FSDP layer
+        gathers its weights from all ranks, so a generation on rank 0 alone would wait forever.
+        Only rank 0 logs them.
         """
-        if all(self._val_logged.values()) or self.trainer.sanity_checking or not self.trainer.is_global_zero or tensorboard(self) is None:
+        if all(self._val_logged.values()) or self.trainer.sanity_checking or tensorboard(self) is None:
             return
+        picked = rank_zero_object(self, self.pick_val_examples(batch) if self.trainer.is_global_zero else None)
+        if picked is None:
+            return
+        gen = sum(m["task"] == "generation" for m in picked["meta"])
+        self._val_logged["generation"] |= gen > 0
+        self._val_logged["understanding"] |= gen < len(picked["meta"])
+        evaluator = VLMEvaluator(Scorer(), self.generation_settings()).to(self.device)  # scores nothing: val shows outputs, test scores them
+        evaluator.update(self.model, picked, torch.Generator().manual_seed(0), keep_examples=(len(picked["meta"]) - gen) * 4)
+        log_examples(self, evaluator, "val")
+
+    def pick_val_examples(self, batch: dict) -> dict | None:
+        """The rows of `batch` still to show: up to `grid_images` generation and understanding rows each, or None."""
         real = select_rows(batch, ~batch["is_padding"])
         is_gen = [m["task"] == "generation" for m in real["meta"]]
         n = self.hparams.grid_images
         gen = [] if self._val_logged["generation"] else [i for i, g in enumerate(is_gen) if g][:n]
         und = [] if self._val_logged["understanding"] else [i for i, g in enumerate(is_gen) if not g][:n]
         if not gen and not und:
-            return
-        self._val_logged["generation"] |= bool(gen)
-        self._val_logged["understanding"] |= bool(und)
+            return None
         keep = torch.zeros(len(real["meta"]), dtype=torch.bool, device=real["is_padding"].device)
         keep[gen + und] = True
-        evaluator = VLMEvaluator(Scorer(), self.generation_settings()).to(self.device)  # scores nothing: val shows outputs, test scores them
-        evaluator.update(self.model, select_rows(real, keep), torch.Generator().manual_seed(0), keep_examples=len(und) * 4)
-        log_examples(self, evaluator, "val")
+        return select_rows(real, keep)
 
     # ---- test and predict ------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -313,6 +336,19 @@ class UnifiedVLM(pl.LightningModule):
             tb.add_text("hparams", "\n".join(f"{k}: {v}" for k, v in sorted(hp.items())), 0)
 
     # ---- optimisation -----------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
+        """Clips by the global gradient norm, the same under FSDP as on one device.
+
+        Under FSDP each rank holds a shard of every gradient: `torch.nn.utils.clip_grad_norm_` would
+        see only its own part (and Lightning's FSDP precision refuses norm clipping), so the FSDP
+        root's `clip_grad_norm_` reduces the norm over all ranks. Otherwise Lightning clips.
+        """
+        root = fsdp_root(self)
+        if root is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp, m = self.hparams, self.model
         projector_params = {id(p) for part in (m.input_projector, m.output_projector) for p in part.parameters()}
