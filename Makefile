@@ -64,7 +64,7 @@ curriculum: install
 	done
 
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q -n auto   # one worker per core (tests/conftest.py splits the threads)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope   # one worker per core (tests/conftest.py splits the threads); a module stays on one worker, so its fixtures are built once
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/data_pipeline.py
