@@ -11,7 +11,7 @@ from lightning_vlm.study.layout import RunDir
 from lightning_vlm.study.records import command_hash, record_path
 from lightning_vlm.study.report import val_selected, write_report
 from lightning_vlm.study.runner import StudyRunner
-from lightning_vlm.study.spec import expand, parse_spec
+from lightning_vlm.study.spec import Run, expand, parse_spec
 from lightning_vlm.study.stats import select_fraction
 
 ROOT = Path(__file__).parents[1]
@@ -182,3 +182,12 @@ def test_probes_run_on_the_final_checkpoint_and_reach_the_record_and_report(tmp_
     assert record["fractions"]["1.00"]["probes"]["adapter_flatten"][0]["test_accuracy"] == 0.91
     md = write_report(tmp_path / "studies", spec, {})["md"].read_text()
     assert "| adapter_flatten | weather | 0.910 ± 0.025 (n=3) |" in md
+
+
+def test_a_regime_is_scored_on_the_tasks_it_trains():
+    spec = spec_of(eval={"tasks": ["vqa", "generation"]},
+                   regimes={"mixed": {"task_weights": "mixed"}, "understanding_only": {"task_weights": "understanding_only"},
+                            "generation_only": {"task_weights": "generation_only"}})
+    tasks = {r: run_commands(spec, Run("vq_vq", r, None, "default", 0), "out", ROOT).evals[0][2] for r in spec.regimes}
+    picked = {r: cmd[cmd.index("--data.init_args.eval_tasks") + 1] for r, cmd in tasks.items()}
+    assert picked == {"mixed": '["vqa", "generation"]', "understanding_only": '["vqa"]', "generation_only": '["generation"]'}

@@ -86,7 +86,7 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     fit = {**shared, "trainer.default_root_dir": str(rd.path)}
     if isinstance(dotted_get(composed, "trainer.logger"), dict):
         fit["trainer.logger.init_args.save_dir"] = str(rd.path)
-    fit["trainer.callbacks"] = _callbacks(composed, rd.path, spec)
+    fit["trainer.callbacks"] = _callbacks(composed, rd.path, spec, run.regime)
     fit["trainer.max_epochs"] = scale.epochs
     fit["data.init_args.task_weights"] = spec.regimes[run.regime].task_weights
     fit["data.init_args.epoch_samples"] = spec.epoch_samples(run.regime)
@@ -101,8 +101,9 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     for fraction in sorted(spec.fractions):
         for split in spec.eval.splits:
             ev = {**shared, "trainer.default_root_dir": str(rd.path / "eval"), "trainer.logger": False}
-            if spec.eval.tasks:
-                ev["data.init_args.eval_tasks"] = list(spec.eval.tasks)
+            tasks = eval_tasks(spec, run.regime)
+            if tasks:
+                ev["data.init_args.eval_tasks"] = tasks
             if split != "test":
                 ev["data.init_args.test_split"] = split
             cmd = ["lightning-vlm", "test", *config_flags, *flags(ev), *later, *flags(spec.eval.overrides),
@@ -121,7 +122,17 @@ def run_commands(spec: Spec, run: Run, out: str | Path, root: Path | str = ".") 
     return RunCommands(run, rd, spec.epoch_samples(run.regime), scale.epochs, effective, fit_cmd, evals, probes)
 
 
-def _callbacks(composed: dict, run_dir: Path, spec: Spec) -> list[dict]:
+def eval_tasks(spec: Spec, regime: str) -> list[str] | None:
+    """The spec's evaluation tasks that the regime trains (a generation-only model is not asked questions it
+    never learnt to answer: its answers run to max_new_tokens and would dominate the run's time); all of
+    them when the regime trains none (None: every task of the split)."""
+    if not spec.eval.tasks:
+        return None
+    trained = [t for t in spec.eval.tasks if t in spec.regimes[regime].task_weights]
+    return trained or list(spec.eval.tasks)
+
+
+def _callbacks(composed: dict, run_dir: Path, spec: Spec, regime: str) -> list[dict]:
     """The configs' callbacks with every ModelCheckpoint writing into the run folder, plus FractionCheckpoint
     (which also scores each fraction checkpoint when the spec's `eval.in_fit` is on)."""
     callbacks = copy.deepcopy(dotted_get(composed, "trainer.callbacks") or [])
@@ -135,7 +146,7 @@ def _callbacks(composed: dict, run_dir: Path, spec: Spec) -> list[dict]:
             "dirpath": str(run_dir), "save_last": True, "every_n_train_steps": 250, "enable_version_counter": False}})
     fraction_args = {"fractions": sorted(spec.fractions), "dirpath": str(run_dir)}
     if spec.eval.in_fit:
-        fraction_args.update(evaluate=list(spec.eval.splits), eval_tasks=spec.eval.tasks, test_fractions=spec.test_fractions())
+        fraction_args.update(evaluate=list(spec.eval.splits), eval_tasks=eval_tasks(spec, regime), test_fractions=spec.test_fractions())
     callbacks.append({"class_path": FRACTION_CALLBACK, "init_args": fraction_args})
     return callbacks
 
