@@ -274,7 +274,8 @@ def write_report(folder: str | Path, spec: Spec | None = None, chance: dict | No
             lines += block
         lines += probe_lines(g.get("probe", {}), regime_order)
         for m in metrics:
-            split = "test" if sum(len(v) >= 2 for v in g.get("test", {}).get(m, {}).values()) else "val"
+            on = {sp: {f for v in g.get(sp, {}).get(m, {}).values() for f in v} for sp in ("test", "val")}
+            split = "test" if on["test"] and on["test"] >= on["val"] else "val"  # curves where every fraction was scored
             series = g.get(split, {}).get(m)
             if not series:
                 continue
