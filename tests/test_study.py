@@ -350,3 +350,25 @@ def test_micro_study_report_regenerates_byte_identically_from_records(micro_stud
     assert study_main(["report", str(folder)]) == 0
     assert {p: p.read_bytes() for p in first} == first
     assert "tiny-mixed-s0-cpu,tiny,mixed,,default,0,cpu,1.0,6,24," in (folder / "results.csv").read_text()
+
+
+def test_a_stopped_runner_stops_its_child(tmp_path):
+    """SIGTERM to `study run` (kill, pkill) ends the fit it started too, instead of leaving it on the cores."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    runner = (
+        "import sys; from lightning_vlm.study.runner import run_child; "
+        f"run_child([sys.executable, '-c', 'import os, time; open(r\"{pid_file}\", \"w\").write(str(os.getpid())); time.sleep(60)'])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", runner])
+    deadline = time.time() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    time.sleep(0.2)
+    state = Path(f"/proc/{child}/stat")
+    assert not state.exists() or state.read_text().split()[2] == "Z"  # gone, or a zombie waiting for its parent

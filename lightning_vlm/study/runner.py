@@ -7,9 +7,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,30 @@ from .stats import select_fraction
 def child_argv(cmd: list[str]) -> list[str]:
     """`lightning-vlm ...` run with this interpreter, so the study uses the environment it was started from."""
     return [sys.executable, "-m", "lightning_vlm", *cmd[1:]] if cmd[0] == "lightning-vlm" else cmd
+
+
+def run_child(argv: list[str], **popen) -> int:
+    """The child's exit code. A runner stopped by SIGTERM (`kill`, `pkill`) or Ctrl-C takes its child
+    with it: a fit left running would hold the cores and race the next run for them."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with subprocess.Popen(argv, **popen) as child:
+            try:
+                return child.wait()
+            except BaseException:
+                child.terminate()
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def git_revision(cwd: Path | str = Path(__file__).parent) -> dict:
@@ -227,7 +253,7 @@ class StudyRunner:
             for stream in (out, err):
                 stream.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
                 stream.flush()
-            code = subprocess.run(child_argv(cmd), stdout=out, stderr=err, env=self.env).returncode
+            code = run_child(child_argv(cmd), stdout=out, stderr=err, env=self.env)
         return code, time.time() - t0
 
     @staticmethod
