@@ -106,6 +106,20 @@ def test_generation_plan_states_every_attribute_before_the_image(tiny_data):
         assert int(planned["image_out_mask"][i].sum()) == 5
 
 
+def test_a_generation_plan_of_named_attributes_states_those_only_in_the_fixed_order(tiny_data):
+    kwargs = dict(batch_size=6, num_workers=0, image_tokens_in=4, image_tokens_out=5)
+    planner = VLMDataModule(str(tiny_data), generation_plan=["battery_position", "weather_position"], **kwargs)
+    meta = next(m for m in next(iter(planner.train_dataloader()))["meta"] if m["task"] == "generation")
+    attrs = meta["attributes"]
+    expected = f"The weather icon sits in the {attrs['weather_position']} corner. The battery gauge sits in the {attrs['battery_position']} corner."
+    assert meta["conversations"][1]["text"].endswith(" " + expected)
+
+
+def test_a_generation_plan_naming_an_unknown_attribute_fails_when_the_data_is_built(tiny_data):
+    with pytest.raises(ValueError, match="generation_plan: unknown or no attribute.*'colour'.*choose from weather"):
+        VLMDataModule(str(tiny_data), num_workers=0, generation_plan=["colour"])
+
+
 def test_the_manifest_names_the_dataset_plugin_and_its_scorer(tiny_data, tmp_path):
     dm = VLMDataModule(str(tiny_data), num_workers=0)
     assert isinstance(dm.dataset, SmartWatchDataset) and load_manifest(tiny_data)["dataset"] == "smartwatch"

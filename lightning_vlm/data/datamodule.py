@@ -15,6 +15,7 @@ the first epoch, then mixed), in epochs of `epoch_samples` each: one fit, one op
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,9 +86,11 @@ class VLMDataModule(pl.LightningDataModule):
             batches given in random order (less padding; batches then hold fewer tasks each). 0 = off.
         tokenizer: a tokenizer.json to use instead of the one beside the data, or "hf:/local/model-folder" for a
             pretrained LM's own tokenizer with the project's tokens added (`data.hf_tokenizer`).
-        generation_plan: generation replies state everything the image will show before it (the dataset's
+        generation_plan: generation replies state what the image will show before it (the dataset's
             `plan_generation`, e.g. the smart watch's `plan_reply`), so the model fixes in text what the
-            request leaves open; for deterministic image heads.
+            request leaves open (for deterministic image heads) and draws from a layout written in a fixed
+            order. true: every attribute; a list: those attributes only (smart watch: weather,
+            weather_position, battery_position, battery, time), a shorter plan.
         reader: a checkpoint of the dataset's image reader (the smart watch's attribute reader), which
             scores generated images at test time; None: no image scores.
         dataset: the dataset plugin (`lightning-vlm plugins datasets`, or "module:Class"); default: the one
@@ -118,7 +121,7 @@ class VLMDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
-        generation_plan: bool = False,
+        generation_plan: bool | list[str] = False,
         reader: str | None = None,
         dataset: str | None = None,
         chat_template: bool = False,
@@ -128,8 +131,8 @@ class VLMDataModule(pl.LightningDataModule):
         self.data_dir = str(data_dir)
         self.manifest = load_manifest(self.data_dir)
         self.dataset: DatasetPlugin = load_dataset(dataset or dataset_of(self.manifest))
-        if generation_plan and type(self.dataset).plan_generation is DatasetPlugin.plan_generation:
-            self.dataset.plan_generation({})  # fails now, not in a worker: the dataset writes no plan
+        if generation_plan:  # fails now, not in a loader worker: no plan, or fields the dataset does not know
+            self.dataset.plan_generation({}, self._plan_fields)
         self.tokenizer = load_tokenizer(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])  # tokenizer.json or hf:/folder
         self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out, chat_template)
         self.train_task_samples = resolve_task_plan(task_weights, self.pool_sizes(train_split), epoch_samples)
@@ -137,6 +140,12 @@ class VLMDataModule(pl.LightningDataModule):
         if bad:
             raise ValueError(f"eval_tasks: unknown task(s) {sorted(bad)}; known: {', '.join(TASKS)}")
         self.skipped_samples = 0
+
+    @property
+    def _plan_fields(self) -> list[str] | None:
+        """`generation_plan`'s attributes; None when it is `true` (every attribute)."""
+        plan = self.hparams.generation_plan
+        return None if isinstance(plan, bool) else list(plan)
 
     @property
     def image_size(self) -> int:
@@ -174,7 +183,7 @@ class VLMDataModule(pl.LightningDataModule):
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
             seed=self.data_seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
             length_buckets=self.hparams.length_buckets,
-            meta_transform=self.dataset.plan_generation if self.hparams.generation_plan else None,
+            meta_transform=partial(self.dataset.plan_generation, fields=self._plan_fields) if self.hparams.generation_plan else None,
         )
 
     def scorer(self) -> Scorer:

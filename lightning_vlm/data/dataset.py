@@ -58,9 +58,10 @@ class DatasetPlugin:
         `open_answers.OpenAnswerScorer` suits datasets of open-ended answers."""
         return Scorer()
 
-    def plan_generation(self, meta: dict) -> dict:
-        """A generation sample's meta whose reply states everything the image will show (DataModule
-        `generation_plan`); only datasets that can write such a plan override it."""
+    def plan_generation(self, meta: dict, fields: list[str] | None = None) -> dict:
+        """A generation sample's meta whose reply states what the image will show before it (DataModule
+        `generation_plan`): the `fields` named (the dataset's own names), or everything when None. Only
+        datasets that can write such a plan override it; they check `fields` when `meta` is empty."""
         raise ValueError(f"dataset '{self.name or type(self).__name__}' has no generation plan; set data.init_args.generation_plan: false")
 
     def add_data_command(self, subparsers) -> None:

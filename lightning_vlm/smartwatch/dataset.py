@@ -18,10 +18,11 @@ class SmartWatchDataset(DatasetPlugin):
 
         return SmartWatchScorer(load_reader(reader) if reader else None)
 
-    def plan_generation(self, meta: dict) -> dict:
-        from .tasks import with_generation_plan
+    def plan_generation(self, meta: dict, fields: list[str] | None = None) -> dict:
+        from .tasks import plan_fields, with_generation_plan
 
-        return with_generation_plan(meta)
+        plan_fields(fields)  # unknown names fail when the DataModule is built, not in a loader worker
+        return with_generation_plan(meta, fields)
 
     def add_data_command(self, subparsers) -> None:
         sw = subparsers.add_parser("smartwatch", help="render the synthetic smart-watch dataset as WebDataset shards")

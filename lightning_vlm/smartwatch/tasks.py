@@ -82,7 +82,17 @@ def generation_conversation(attrs: WatchAttributes, rng: np.random.Generator, cl
 PLAN_ORDER = ("weather", "weather_position", "battery_position", "battery", "time")
 
 
-def plan_reply(reply: str, attrs: WatchAttributes) -> str:
+def plan_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
+    """The attributes a plan states, in `PLAN_ORDER` (None: all of them); unknown names fail here."""
+    if fields is None:
+        return PLAN_ORDER
+    unknown = sorted(set(fields) - set(PLAN_ORDER))
+    if unknown or not fields:
+        raise ValueError(f"generation_plan: unknown or no attribute(s) {unknown}; choose from {', '.join(PLAN_ORDER)}")
+    return tuple(name for name in PLAN_ORDER if name in fields)
+
+
+def plan_reply(reply: str, attrs: WatchAttributes, fields: Sequence[str] | None = None) -> str:
     """A generation reply that states every attribute, in a fixed order, before the image.
 
     With it the model commits in text (discrete: greedy or sampled) to what the request leaves open,
@@ -90,16 +100,17 @@ def plan_reply(reply: str, attrs: WatchAttributes) -> str:
     otherwise draws the mean of all watches the request allows: an icon smeared over the
     corners the request leaves open.
     """
-    return " ".join([reply, *(CLAUSES[name][0].format(answer_text(name, attrs)) for name in PLAN_ORDER)])
+    return " ".join([reply, *(CLAUSES[name][0].format(answer_text(name, attrs)) for name in plan_fields(fields))])
 
 
-def with_generation_plan(meta: dict) -> dict:
-    """A generation sample's meta with its assistant reply replaced by `plan_reply`; other tasks unchanged."""
+def with_generation_plan(meta: dict, fields: Sequence[str] | None = None) -> dict:
+    """A generation sample's meta with its assistant reply replaced by `plan_reply` of `fields` (None:
+    every attribute); other tasks unchanged."""
     if meta.get("task") != "generation":
         return meta
     attrs = WatchAttributes.from_dict(meta["attributes"])
     conversations = [
-        {**turn, "text": plan_reply(turn["text"], attrs)} if turn["role"] == "assistant" else turn
+        {**turn, "text": plan_reply(turn["text"], attrs, fields)} if turn["role"] == "assistant" else turn
         for turn in meta["conversations"]
     ]
     return {**meta, "conversations": conversations}
