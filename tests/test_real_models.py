@@ -149,6 +149,7 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     assert {"text_embeddings.added", "input_projector.0.weight"} <= trainable
     assert ("lm_head.added" in trainable) == (which == "lm")  # a tied head shares the embedding's added rows
     lm_model = model.backbone.causal_lm
+    assert all(m.training for m in model.backbone.modules())  # LoRA dropout and checkpointing act in training
     assert not model.text_embeddings.base.weight.requires_grad
     assert getattr(lm_model, "is_activation_checkpointing", None) or lm_model.is_gradient_checkpointing
     dm = VLMDataModule(str(world["data"]), tokenizer=lm, batch_size=2, num_workers=0, image_tokens_in=16, image_tokens_out=16)

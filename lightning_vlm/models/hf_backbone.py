@@ -148,7 +148,9 @@ class HFBackbone(nn.Module):
                                      target_modules=self.lora["target_modules"], bias="none")
             with torch.device("meta") if on_meta else contextlib.nullcontext():
                 model = peft.get_peft_model(model, config)  # freezes every weight of the LM; adapters in float32
-        self.model = model
+        # from_pretrained returns the LM in eval mode, which Lightning keeps: LoRA dropout would be off in
+        # training, and so would gradient checkpointing (transformers recomputes only while `training`)
+        self.model = model.train()
         # the cache argument is `past_key_values` in transformers 4, renamed `cache` in 5
         self._cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
 

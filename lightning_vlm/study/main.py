@@ -70,13 +70,14 @@ def run(args) -> int:
                        rerun_stale=args.rerun_stale).run_all(chosen)
 
 
-def expected_hashes(spec, scales: set[str]) -> dict[str, str]:
-    """{run name: command hash} of the spec's current commands at each scale the records hold."""
+def expected_hashes(spec_path: str | Path, spec, scales: set[str]) -> dict[str, str]:
+    """{run name: command hash} of the spec's current commands at each scale the records hold (the spec
+    file is read again per scale: a scale changes the commands)."""
     from .records import command_hash
 
     out = {}
     for scale in sorted(s for s in scales if s in spec.scales):
-        scaled = load_spec(spec.path, scale=scale) if getattr(spec, "path", None) else spec
+        scaled = load_spec(spec_path, scale=scale)
         for run in expand(scaled):
             out[run.name] = command_hash(run_commands(scaled, run, default_out(scaled)))
     return out
@@ -110,9 +111,8 @@ def report(args) -> int:
     spec = load_spec(spec_path, root=None) if spec_path else None
     hashes = None
     if spec is not None and (folder / "records").is_dir():
-        spec.path = spec_path
         try:
-            hashes = expected_hashes(spec, {str(r.get("scale")) for r in load_records(folder)})
+            hashes = expected_hashes(spec_path, spec, {str(r.get("scale")) for r in load_records(folder)})
         except (SpecError, OSError) as exn:  # the configs are not here: no stale check
             print(f"note: cannot rebuild the spec's commands here ({exn}); records are not checked for staleness")
     chance = chance_of(folder)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .records import load_records, records_from_runs
+from .runner import duration
 from .spec import Spec
 from .stats import Summary, mean_ci, paired_differences, select_fraction, slope, verdict
 
@@ -146,6 +147,11 @@ def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tup
     return lines + [""], verdict(d, c.expect)
 
 
+def last_fraction_values(by_fraction: dict) -> list[float]:
+    """{fraction: {seed: value}} -> the values of the last fraction probed (none for a regime never probed)."""
+    return list(by_fraction[max(by_fraction)].values()) if by_fraction else []
+
+
 def probe_lines(probes: dict, regime_order: list[str]) -> list[str]:
     """Linear probes on the final checkpoints: test accuracy per regime and attribute, mean ± CI over seeds."""
     if not probes:
@@ -156,7 +162,7 @@ def probe_lines(probes: dict, regime_order: list[str]) -> list[str]:
     lines.append("|---|---|" + "---|" * len(shown))
     for metric in sorted(probes):
         _, kind, attribute = metric.split("/", 2)
-        cells = [fmt(mean_ci(probes[metric].get(r, {}).get(max(probes[metric].get(r, {0: 0})), {}).values())) for r in shown]
+        cells = [fmt(mean_ci(last_fraction_values(probes[metric].get(r, {})))) for r in shown]
         lines.append(f"| {kind} | {attribute} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -200,7 +206,7 @@ def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folde
     fit = sum((r.get("seconds") or {}).get("fit", 0) for r in records)
     ev = sum((r.get("seconds") or {}).get("eval_in_fit", 0) + (r.get("seconds") or {}).get("eval_processes", 0) for r in records)
     lines += [f"{len(records)} run records (scale {', '.join(scales) or '-'}), from commit(s) {', '.join(commits) or '-'}; "
-              f"machines: {'; '.join(cpus) or '-'}. Training {fit / 3600:.1f} h, evaluation {ev / 3600:.1f} h"
+              f"machines: {'; '.join(cpus) or '-'}. Training {duration(fit)}, evaluation {duration(ev)}"
               + (f" ({ev / (fit + ev):.0%} of the total)." if fit + ev else "."), "",
               "Cells show the mean ± 95 % CI half-width over seeds (Student t), n = seeds. Samples are the training samples "
               "each run counted up to that checkpoint; test is scored at the final fraction and at val-selected ones, val at "
