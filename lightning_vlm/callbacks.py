@@ -149,15 +149,14 @@ class ValScores(Callback):
         from .eval.evaluator import VLMEvaluator
 
         self.evaluator = VLMEvaluator(trainer.datamodule.scorer(), pl_module.generation_settings()).to(pl_module.device)
-        self._generator = torch.Generator().manual_seed(0)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.evaluator is not None:
-            self.evaluator.update(pl_module.model, batch, self._generator)
+        # the module's validation_step scores each batch with it: under FSDP only the step runs inside the
+        # root's forward, where every layer's weights can be gathered
+        pl_module.val_scoring = (self.evaluator, torch.Generator().manual_seed(0))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.evaluator is None:
             return
+        pl_module.val_scoring = None
         metrics = self.evaluator.compute()
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", value, sync_dist=True, reduce_fx="max")  # already synced: equal on every rank

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ..models.generation import prompt_for
+from ..models.generation import anyone, prompt_for, sharded
 
 OWN_METRICS = ("gen/prompt_gain",)
 
@@ -51,36 +51,51 @@ class VLMEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model, batch: dict, generator: torch.Generator | None = None, keep_examples: int = 0) -> None:
-        """Generates the batch's answers and images with `model` (a `models.VLM`) and scores them."""
-        s = self.settings
+        """Generates the batch's answers and images with `model` (a `models.VLM`) and scores them.
+
+        Under FSDP every generation step gathers each layer from all ranks, so all ranks must make the
+        same calls: a rank with no question (or no request) in its batch, e.g. one of padding only at
+        the end of a split while another rank still has rows, answers (or draws) a stand-in, row 0,
+        unscored."""
         real = [i for i, pad in enumerate(batch["is_padding"].tolist()) if not pad]
-        rows, prompts, asked = [], [], []  # image row, prompt, (meta, turn) of every question to answer
-        for i in real:
-            meta = batch["meta"][i]
-            if meta["task"] == "generation":
-                continue
-            for turn in self.turns(meta):
-                rows.append(i)
-                prompts.append(prompt_for(model, meta, turn))
-                asked.append((meta, turn))
-        if prompts:
-            outs = model.generate_text(prompts, batch["images"][rows], max_new_tokens=s.max_new_tokens,
-                                       generator=generator, temperature=s.text_temperature, groups=rows,
-                                       image_ids=[batch["meta"][i].get("image_id") for i in rows])
-            for (meta, turn), ids in zip(asked, outs):
-                text = model.tokenizer.decode(ids)
-                self._add(self.scorer.score_text(meta, text, turn))
-                if len(self.examples) < keep_examples:
-                    self.examples.append({"task": meta["task"], "turn": turn, "answer": text, "image_id": meta["image_id"]})
+        asked = [(i, turn) for i in real if batch["meta"][i]["task"] != "generation" for turn in self.turns(batch["meta"][i])]
         gen = [i for i in real if batch["meta"][i]["task"] == "generation"]
-        if gen:
-            self._add([("gen/prompt_gain", prompt_gain(model, batch, gen))], len(gen))
-            metas = [batch["meta"][i] for i in gen]
-            images, _ = model.generate_images([prompt_for(model, m) for m in metas], max_new_tokens=s.max_new_tokens,
-                                              generator=generator, guidance_scale=s.guidance_scale, temperature=s.text_temperature)
-            truth = batch["images"][gen]
-            self._add(self.scorer.score_images(images, truth, metas))
-            self.last_images = (images.cpu(), truth.cpu(), [m["conversations"][0]["text"] for m in metas])
+        answer, draw = bool(asked), bool(gen)
+        if sharded(model):
+            answer, draw = anyone(answer, draw, device=batch["input_ids"].device)
+        if answer:
+            self._answer(model, batch, asked, generator, keep_examples)
+        if draw:
+            self._draw(model, batch, gen, generator)
+
+    def _answer(self, model, batch: dict, asked: list[tuple[int, int]], generator, keep_examples: int) -> None:
+        """Answers each (row, turn) of `asked` and scores it; none: a stand-in answered, unscored."""
+        s = self.settings
+        rows = [i for i, _ in asked] or [0]
+        prompts = [prompt_for(model, batch["meta"][i], turn) for i, turn in asked] or [prompt_for(model, batch["meta"][0])]
+        outs = model.generate_text(prompts, batch["images"][rows], max_new_tokens=s.max_new_tokens,
+                                   generator=generator, temperature=s.text_temperature, groups=rows,
+                                   image_ids=[batch["meta"][i].get("image_id") for i in rows])
+        for (i, turn), ids in zip(asked, outs):
+            meta, text = batch["meta"][i], model.tokenizer.decode(ids)
+            self._add(self.scorer.score_text(meta, text, turn))
+            if len(self.examples) < keep_examples:
+                self.examples.append({"task": meta["task"], "turn": turn, "answer": text, "image_id": meta["image_id"]})
+
+    def _draw(self, model, batch: dict, gen: list[int], generator) -> None:
+        """Draws the requests of rows `gen` and scores the images; none: a stand-in drawn, unscored."""
+        s = self.settings
+        rows = gen or [0]
+        gain = prompt_gain(model, batch, rows)
+        metas = [batch["meta"][i] for i in rows]
+        images, _ = model.generate_images([prompt_for(model, m) for m in metas], max_new_tokens=s.max_new_tokens,
+                                          generator=generator, guidance_scale=s.guidance_scale, temperature=s.text_temperature)
+        if not gen:
+            return
+        self._add([("gen/prompt_gain", gain)], len(gen))
+        truth = batch["images"][gen]
+        self._add(self.scorer.score_images(images, truth, metas))
+        self.last_images = (images.cpu(), truth.cpu(), [m["conversations"][0]["text"] for m in metas])
 
     def turns(self, meta: dict) -> list[int]:
         """The assistant turns of an understanding sample to answer: the scorer's choice (`Scorer.turns`),

@@ -96,7 +96,7 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
     cache, last = _prefill_last(model, prompts, images, max_new_tokens, groups, image_ids)
     steps = []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
-    lockstep = _sharded(model)
+    lockstep = sharded(model)
     for _ in range(max_new_tokens):
         nxt = sample_logits(model.lm_head(last).float(), temperature, generator)  # [B]
         steps.append(nxt)
@@ -110,7 +110,7 @@ def generate_text(model, prompts: list[dict], images: torch.Tensor | None = None
     return [_up_to_stop(row, stops) for row in torch.stack(steps, 1).tolist()]
 
 
-def _sharded(model) -> bool:
+def sharded(model) -> bool:
     """Whether some layer of `model` is an FSDP unit: each call of it gathers its weights from every rank."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -119,6 +119,13 @@ def _sharded(model) -> bool:
 
     units = tuple(c for c in (fsdp.FullyShardedDataParallel, getattr(fsdp, "FSDPModule", None)) if c is not None)
     return any(isinstance(m, units) for m in model.modules())
+
+
+def anyone(*flags: bool, device=None) -> list[bool]:
+    """Each flag OR-ed over all ranks (one all-reduce): whether some rank has work of that kind."""
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def _all_done(done: torch.Tensor, lockstep: bool) -> bool:

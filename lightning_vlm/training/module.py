@@ -130,6 +130,9 @@ class UnifiedVLM(pl.LightningModule):
         names = ["text", "image", "total"] + [f"text/{t}" for t in TASKS]
         self.val_losses = nn.ModuleDict({n.replace("/", "__"): MeanMetric(sync_on_compute=True) for n in names})
         self._batch_started = None
+        # (evaluator, generator) while a ValScores callback scores a validation; a tuple, so the evaluator
+        # is not registered as a submodule (and not saved in checkpoints)
+        self.val_scoring: tuple | None = None
 
     @property
     def tokenizer(self):
@@ -224,6 +227,9 @@ class UnifiedVLM(pl.LightningModule):
         elif fsdp_root(self) is not None:
             self.model(batch)  # padding only: this rank still joins every FSDP unit's all-gather, unscored
         self.draw_val_examples(batch)
+        if self.val_scoring is not None:  # ValScores: generated here, inside the step (under FSDP, inside the root's forward)
+            evaluator, generator = self.val_scoring
+            evaluator.update(self.model, batch, generator)
 
     def on_validation_epoch_end(self) -> None:
         """Synced in a fixed order on every rank (a rank may have seen no sample of some task).
