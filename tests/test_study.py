@@ -372,3 +372,17 @@ def test_a_stopped_runner_stops_its_child(tmp_path):
     time.sleep(0.2)
     state = Path(f"/proc/{child}/stat")
     assert not state.exists() or state.read_text().split()[2] == "Z"  # gone, or a zombie waiting for its parent
+
+
+def test_an_interrupted_fit_attempt_is_recorded_with_its_time(tmp_path, monkeypatch):
+    spec = parse_spec(micro(VQ), root=ROOT)
+    run = expand(spec)[0]
+
+    def stopped(self, cmd, log_stem):
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(StudyRunner, "_call", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        StudyRunner(spec, tmp_path, log=lambda line: None).run_all([run])
+    attempt, = json.loads(RunDir.of(tmp_path, run).run_json.read_text())["fit_attempts"]
+    assert attempt["returncode"] == "interrupted"

@@ -149,11 +149,16 @@ class StudyRunner:
         record = self._run_json(rc, h)
         if not d.fit_done.is_file():
             resumed = rc.fit[rc.fit.index("--ckpt_path") + 1] if "--ckpt_path" in rc.fit else None
-            started = time.strftime("%Y-%m-%dT%H:%M:%S")
-            code, secs = self._call(rc.fit, d.logs / "fit")
-            record["fit_attempts"].append({"started": started, "seconds": round(secs, 1),
-                                           "returncode": code, "resumed_from": resumed})
-            self._write(d.run_json, record)
+            started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.time()
+            try:
+                code, secs = self._call(rc.fit, d.logs / "fit")
+            except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): the attempt's time still counts in the record
+                code, secs = "interrupted", time.time() - t0
+                raise
+            finally:
+                record["fit_attempts"].append({"started": started, "seconds": round(secs, 1),
+                                               "returncode": code, "resumed_from": resumed})
+                self._write(d.run_json, record)
             if code != 0:
                 self.log(f"  fit failed (exit {code}): see {d.logs / 'fit.err'}")
                 return "failed"
