@@ -238,6 +238,15 @@ def test_report_writes_tidy_csv_markdown_and_plots(tmp_path):
     assert len(paths["png"]) == 2 and all(p.stat().st_size > 1000 for p in paths["png"])
 
 
+def test_the_report_counts_samples_of_runs_without_its_first_metric(tmp_path):
+    """A regime scored on other tasks (generation_only has no VQA score) still shows its samples."""
+    spec = parse_spec(micro(VQ, axes={"cell": ["vq_vq"], "regime": ["mixed", "understanding_only"], "seed": [0]},
+                            metrics=["gen/weather", "vqa/total"]), root=ROOT)  # the val files hold vqa/total only
+    fake_results(tmp_path, spec, {("mixed", 0): 0.8, ("understanding_only", 0): 0.6})
+    md = write_report(tmp_path, spec, chance={})["md"].read_text()
+    assert "| mixed | val | 1.00 | 24 | - | 0.810 (n=1) |" in md
+
+
 # ---- FractionCheckpoint -------------------------------------------------------------------------
 def test_fraction_checkpoint_saves_at_rounded_steps_and_at_the_end(tmp_path):
     import lightning.pytorch as pl

@@ -268,8 +268,9 @@ def write_report(folder: str | Path, spec: Spec | None = None, chance: dict | No
             for split in ("test", "val"):
                 fractions = sorted({f for m in metrics for f in g.get(split, {}).get(m, {}).get(regime, {})})
                 for f in fractions:
-                    seen = mean_ci(r["samples_seen"] for r in rows if (r["cell"], r["misalign"], r["variant"]) == group
-                                   and r["regime"] == regime and r["fraction"] == f and r["split"] == split and r["metric"] == metrics[0])
+                    per_seed = {r["seed"]: r["samples_seen"] for r in rows if (r["cell"], r["misalign"], r["variant"]) == group
+                                and r["regime"] == regime and r["fraction"] == f and r["split"] == split}  # any metric the run has
+                    seen = mean_ci(per_seed.values())
                     cells = [fmt(mean_ci(g.get(split, {}).get(m, {}).get(regime, {}).get(f, {}).values())) for m in metrics]
                     lines.append(f"| {regime} | {split} | {f:.2f} | {seen.mean:,.0f} | " + " | ".join(cells) + " |")
         lines.append("")
