@@ -63,6 +63,12 @@ def test_finding_1_at_the_cpu_scale_is_vq_vq_at_five_seeds():
     assert len(f1) == 20
 
 
+def test_finding_2_at_the_cpu_scale_is_the_misalignment_trend_of_vq_vq_at_three_seeds():
+    f2 = expand(load_spec(ROOT / "configs/studies/finding2_alignment.yaml", root=ROOT))
+    assert {(r.cell, r.regime, r.misalign, r.seed) for r in f2} == {
+        ("vq_vq", g, m, s) for g in ("mixed", "understanding_only") for m in (0.0, 0.1, 0.2, 0.3) for s in range(3)}
+
+
 def test_finding_3_at_the_cpu_scale_is_mixed_against_understanding_only_at_five_seeds():
     f3 = expand(load_spec(ROOT / "configs/studies/finding3_transfer.yaml", root=ROOT))
     assert {r.regime for r in f3} == {"mixed", "understanding_only"}
