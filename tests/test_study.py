@@ -206,6 +206,8 @@ def test_verdicts_follow_the_interval():
     assert verdict(down, "lower") == "replicates" and verdict(up, "lower") == "contradicts"
     assert verdict(wide) == f"inconclusive at this scale (3 seeds, CI [{wide.lo:.3g}, {wide.hi:.3g}])"
     assert verdict(mean_ci([0.3])) == "inconclusive at this scale (1 seed, no CI)"
+    two = mean_ci([0.30, 0.32])
+    assert verdict(two).startswith("not yet a verdict (2 seeds, CI [")  # its CI excludes 0, but 2 seeds make no claim
 
 
 # ---- report -------------------------------------------------------------------------------------

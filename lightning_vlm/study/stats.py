@@ -61,12 +61,17 @@ def paired_differences(a: dict, b: dict) -> list[float]:
     return [a[k] - b[k] for k in sorted(set(a) & set(b))]
 
 
+MIN_SEEDS = 3  # a claim that A beats B needs at least 3 seeds (with 2, one lucky seed decides)
+
+
 def verdict(diff: Summary, expect: str = "higher") -> str:
     """'replicates' when the CI of the difference excludes 0 in the claimed direction, 'contradicts'
     when it excludes 0 the other way, otherwise inconclusive with the numbers that make it so."""
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if diff.n < 2 or math.isnan(diff.lo):
         return f"inconclusive at this scale ({seeds}, no CI)"
+    if diff.n < MIN_SEEDS:
+        return f"not yet a verdict ({seeds}, CI [{diff.lo:.3g}, {diff.hi:.3g}]; a claim needs {MIN_SEEDS} seeds)"
     above, below = diff.lo > 0, diff.hi < 0
     if (above and expect == "higher") or (below and expect == "lower"):
         return "replicates"
