@@ -19,9 +19,8 @@ class SmartWatchDataset(DatasetPlugin):
         return SmartWatchScorer(load_reader(reader) if reader else None)
 
     def plan_generation(self, meta: dict, fields: list[str] | None = None) -> dict:
-        from .tasks import plan_fields, with_generation_plan
+        from .tasks import with_generation_plan
 
-        plan_fields(fields)  # unknown names fail when the DataModule is built, not in a loader worker
         return with_generation_plan(meta, fields)
 
     def add_data_command(self, subparsers) -> None:

@@ -105,7 +105,9 @@ def plan_reply(reply: str, attrs: WatchAttributes, fields: Sequence[str] | None 
 
 def with_generation_plan(meta: dict, fields: Sequence[str] | None = None) -> dict:
     """A generation sample's meta with its assistant reply replaced by `plan_reply` of `fields` (None:
-    every attribute); other tasks unchanged."""
+    every attribute); other tasks unchanged. Unknown `fields` fail on any meta (so at once, when the
+    DataModule checks them with an empty one, not later in a loader worker)."""
+    fields = plan_fields(fields)
     if meta.get("task") != "generation":
         return meta
     attrs = WatchAttributes.from_dict(meta["attributes"])
