@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/smartwatch
 
-.PHONY: install quickstart stage0 curriculum test bench clean
+.PHONY: install quickstart stage0 curriculum test lint bench clean
 
 # The main job needs the package alone; the tests also need pytest, the Hugging Face extras and the
 # example plugin (installed by `make test`, not by `make quickstart`).
@@ -63,8 +63,12 @@ curriculum: install
 	  prev=$$run/last.ckpt; \
 	done
 
-test: $(VENV)/.test-deps
+test: $(VENV)/.test-deps lint
 	$(BIN)/python -m pytest -q -n auto --dist loadscope   # one worker per core (tests/conftest.py splits the threads); a module stays on one worker, so its fixtures are built once
+
+# The linter configured in pyproject.toml ([tool.ruff]); `make test` runs it first.
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/data_pipeline.py

@@ -15,10 +15,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from step_efficiency import cpu_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_vlm.models.backbone import BackboneConfig
-from step_efficiency import cpu_model
 
 
 def time_attention(backend, batch: int, cfg: BackboneConfig, length: int, dtype, repeats: int = 5) -> float:

@@ -14,7 +14,6 @@ epoch read from disk looks like; without it both sides read from memory.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tempfile
@@ -55,7 +54,7 @@ def export_folder(data_dir: Path, out: Path) -> int:
     """Writes the train split of `data_dir` as PNG files + one JSON list."""
     (out / "images").mkdir(parents=True)
     items = []
-    for task, entry in load_manifest(data_dir)["splits"]["train"].items():
+    for entry in load_manifest(data_dir)["splits"]["train"].values():
         for shard in entry["shards"]:
             for raw in iter_raw_samples(str(data_dir / shard["name"]), on_error=print):
                 name = f"images/{raw['__key__']}.png"
@@ -101,7 +100,7 @@ def main() -> None:
             folder = FolderJsonDataset(tmp / "folder", dm.builder)
             pad = dm.builder.pad
             ref_loader = DataLoader(folder, batch_size=args.batch_size, shuffle=True, num_workers=w,
-                                    collate_fn=lambda b: collate(b, pad), drop_last=True)
+                                    collate_fn=lambda b, pad=pad: collate(b, pad), drop_last=True)
             ours, ref = [], []
             for _ in range(args.repeats):  # alternate so neither side gets a warmer cache
                 ours.append(rate(dm.train_dataloader(), lambda b: len(b["keys"]), args.cold))

@@ -26,14 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lightning_vlm.models.generation import _pad, image_tokens, prompt_for  # noqa: E402
-from lightning_vlm.models.vlm import VLM  # noqa: E402
-from lightning_vlm.training import UnifiedVLM  # noqa: E402
-from lightning_vlm.data.shards import iter_raw_samples, load_manifest, task_shards  # noqa: E402
-from lightning_vlm.smartwatch.config import load_config  # noqa: E402
-from lightning_vlm.smartwatch.writer import write_dataset  # noqa: E402
-from lightning_vlm.encoders.vq import VQEncoder  # noqa: E402
-from step_efficiency import cpu_model  # noqa: E402
+from step_efficiency import cpu_model
+
+from lightning_vlm.data.shards import iter_raw_samples, load_manifest, task_shards
+from lightning_vlm.encoders.vq import VQEncoder
+from lightning_vlm.models.generation import _pad, image_tokens, prompt_for
+from lightning_vlm.models.vlm import VLM
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.writer import write_dataset
+from lightning_vlm.training import UnifiedVLM
 
 
 def build_model(folder: Path, image_tokens: int, backbone: str) -> tuple[VLM, list[dict]]:

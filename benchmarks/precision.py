@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from fit_timing import fit_step_seconds  # benchmarks/fit_timing.py
 
 

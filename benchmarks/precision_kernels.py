@@ -12,7 +12,6 @@ import statistics
 import time
 
 import torch
-
 from step_efficiency import cpu_model  # benchmarks/step_efficiency.py
 
 from lightning_vlm.encoders.vq import VQEncoder

@@ -111,7 +111,9 @@ def main() -> None:
                 scores[group].append(score)
                 if group == "weather":
                     scores["stated" if "weather_position" in stated else "open"].append(score)
-        cell = lambda k: f"{np.mean(scores[k]):.3f} (n={len(scores[k])})" if scores[k] else "-"
+        def cell(k, scores=scores):
+            return f"{np.mean(scores[k]):.3f} (n={len(scores[k])})" if scores[k] else "-"
+
         print(f"| {name} | " + " | ".join(cell(k) for k in (*groups, "stated", "open")) + " |")
         if args.grid and name.startswith("conditional"):
             import torchvision

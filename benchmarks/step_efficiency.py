@@ -75,8 +75,8 @@ def time_matmuls(seen: Counter, repeats: int = 5) -> tuple[float, int]:
 
 
 def build(configs: list[str]):
-    from lightning.pytorch.cli import LightningCLI
     import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
 
     from lightning_vlm.registry import import_all
 

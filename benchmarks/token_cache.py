@@ -21,11 +21,10 @@ import statistics
 import time
 
 import torch
+from fit_timing import fit_step_seconds  # benchmarks/fit_timing.py
 
 from lightning_vlm import registry
 from lightning_vlm.encoders.cache import TokenCache, iter_split_images
-
-from fit_timing import fit_step_seconds  # benchmarks/fit_timing.py
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -145,9 +145,8 @@ def run_cli(args: list[str] | None, cls=None):
     """Parse (defaults file, then --config files, then flags), instantiate and run one training verb."""
     import lightning.pytorch as pl
 
-    from lightning_vlm.registry import import_all
-
     import lightning_vlm.training  # noqa: F401  (configs may name it by its short name, UnifiedVLM)
+    from lightning_vlm.registry import import_all
 
     import_all()  # plugin classes become nameable in YAML by their short class name
     # Parser errors raise (argparse.ArgumentError) instead of printing the whole usage, so that

@@ -108,7 +108,7 @@ def _init_params(class_path: str | None) -> list[str]:
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except Exception:  # noqa: BLE001 - a suggestion is a nicety; never fail while explaining a failure
+    except Exception:
         return []
     names: list[str] = []
     for klass in inspect.getmro(cls):
@@ -165,7 +165,7 @@ def file_with_key(key: str, argv: list[str]) -> str | None:
     for path in config_files(argv):
         try:
             tree = yaml.safe_load(Path(path).read_text())
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         if _holds(tree, key.split(".")):
             found = path
@@ -179,7 +179,7 @@ def _parses(path: str) -> bool:
         yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError:
         return False
-    except Exception:  # noqa: BLE001 - unreadable files are reported by the parser itself
+    except Exception:
         pass
     return True
 
@@ -206,7 +206,7 @@ def setters(message: str, argv: list[str]) -> dict[str, str]:
     for path in config_files(argv):
         try:
             given += [(key, value, path) for key, value in _leaves(yaml.safe_load(Path(path).read_text()))]
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     for i, arg in enumerate(argv):
         if arg.startswith("--") and arg not in ("--config", "--debug"):
@@ -289,7 +289,7 @@ def report(exc: BaseException, prog: str, argv: list[str]) -> int | None:
     """Print the short explanation to stderr; the exit code, or None when the traceback should show."""
     try:
         explained = explain(exc, prog, argv)
-    except Exception:  # noqa: BLE001 - explaining must never hide the original failure
+    except Exception:
         return None
     if explained is None:
         return None

@@ -7,7 +7,13 @@ import torch
 from PIL import Image
 
 from lightning_vlm.cli import main as cli_main
-from lightning_vlm.eval.benchmark_formats import Question, letter_reference, options_from_question, prompt_text, read_questions
+from lightning_vlm.eval.benchmark_formats import (
+    Question,
+    letter_reference,
+    options_from_question,
+    prompt_text,
+    read_questions,
+)
 from lightning_vlm.eval.benchmark_scores import mcq_letter, mme_yes_no, pope_yes_no, score_answers
 
 SIZE = 32
@@ -152,10 +158,10 @@ def test_reader_accepts_aliases_and_counts_what_it_skips(tmp_path):
 def tiny_checkpoint(tmp_path_factory):
     """An untrained tiny VLM saved as `lightning-vlm fit` saves one (what `load_vlm` reads)."""
     import lightning
+    from tiny_encoders import export_tiny_encoders
 
     from lightning_vlm.data.tokenizer import train_tokenizer
     from lightning_vlm.training import UnifiedVLM
-    from tiny_encoders import export_tiny_encoders
 
     folder = tmp_path_factory.mktemp("vlm")
     texts = ["Is there a red square in the image?", "Yes", "No", "Which colour is it? A. red B. blue"] * 20

@@ -10,11 +10,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from test_real_models import TEXTS  # noqa: E402
+
 from lightning_vlm.data.chat_format import project_chat_template  # noqa: E402
 from lightning_vlm.data.collate import SequenceBuilder, collate  # noqa: E402
 from lightning_vlm.data.hf_tokenizer import hf_tokenizer_with_specials, load_tokenizer  # noqa: E402
 from lightning_vlm.data.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
-from test_real_models import TEXTS  # noqa: E402
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -147,9 +148,10 @@ def test_project_format_as_a_chat_template(source, chat_lm):
 def test_chat_template_trains_on_assistant_tokens_only(chat_lm, tmp_path):
     """A VLM with chat_template: the text loss is the cross-entropy of assistant tokens alone, it falls with
     training, and generation prompts in the template stop at its end of turn."""
+    from tiny_encoders import export_tiny_encoders
+
     from lightning_vlm.models.generation import generate_text, prompt_for
     from lightning_vlm.training.build import build_vlm
-    from tiny_encoders import export_tiny_encoders
 
     vq = str(export_tiny_encoders(tmp_path, image_size=32)["vq"])
     lm = f"hf:{chat_lm}"
@@ -192,9 +194,10 @@ def test_data_module_renders_the_chat_template(chat_lm, tmp_path):
     and the builder survives the trip to DataLoader workers."""
     import pickle
 
+    from test_llava_import import OPTIONS, make_inputs
+
     from lightning_vlm.data.datamodule import VLMDataModule
     from lightning_vlm.data.llava import import_llava
-    from test_llava_import import OPTIONS, make_inputs
 
     data = tmp_path / "data"
     import_llava(out=data, progress=False, **make_inputs(tmp_path / "in"), **OPTIONS)

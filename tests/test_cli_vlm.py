@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
@@ -128,7 +127,7 @@ def test_last_checkpoint_holds_the_final_step_between_two_saves(overlay, tmp_pat
     (tmp_path / "every2.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": "runs/every2", "save_last": True, "every_n_train_steps": 2, "enable_version_counter": False}}]}}))
-    out = cli("fit", "--config", str(ROOT / "configs/smartwatch/vq_vq.yaml"), "--config", layer, "--config", "every2.yaml",
+    cli("fit", "--config", str(ROOT / "configs/smartwatch/vq_vq.yaml"), "--config", layer, "--config", "every2.yaml",
               "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", cwd=tmp_path)
     assert torch.load(tmp_path / "runs/every2/last.ckpt", weights_only=False)["global_step"] == 3
 
@@ -161,8 +160,8 @@ def test_predict_writes_images_and_answers(overlay, tmp_path, tiny_data):
     requests.write_text(yaml.safe_dump({"data": {"init_args": {"images": [str(png)], "questions": ["What is the weather?"], "image_size": 32}}}))
     cli("predict", "--config", config, "--config", layer, "--config", str(ROOT / "configs/predict.yaml"), "--config", str(requests),
         "--ckpt_path", "runs/vq_vq/last.ckpt", cwd=tmp_path)
-    lines = [json.loads(l) for l in (tmp_path / "runs/predictions/results-rank0.jsonl").read_text().splitlines()]
-    assert [l["kind"] for l in lines] == ["generate", "generate", "answer"]
+    lines = [json.loads(line) for line in (tmp_path / "runs/predictions/results-rank0.jsonl").read_text().splitlines()]
+    assert [row["kind"] for row in lines] == ["generate", "generate", "answer"]
     assert (tmp_path / "runs/predictions" / lines[0]["image_file"]).is_file()
     assert lines[2]["question"] == "What is the weather?" and isinstance(lines[2]["answer"], str)
 

@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lightning_vlm.data.collate import TASK_INDEX
-from lightning_vlm.data.dataset import dataset_of
 from lightning_vlm.data.datamodule import VLMDataModule, resolve_task_plan, resolve_task_samples
+from lightning_vlm.data.dataset import dataset_of
 from lightning_vlm.data.open_answers import OpenAnswerScorer
 from lightning_vlm.data.shards import iter_raw_samples, load_manifest
 from lightning_vlm.data.stream import ShardStream

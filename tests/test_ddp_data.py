@@ -11,6 +11,6 @@ def test_two_process_ddp_fit_gets_equal_batches_and_finishes(tiny_data):
     counts = re.findall(r"RANK (\d) EPOCH (\d) BATCHES (\d+)", res.stdout)
     assert len(counts) == 4
     per_epoch = {}
-    for rank, epoch, n in counts:
+    for _rank, epoch, n in counts:
         per_epoch.setdefault(epoch, set()).add(int(n))
     assert all(len(v) == 1 and v != {0} for v in per_epoch.values()), counts

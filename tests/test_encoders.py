@@ -5,16 +5,16 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from tiny_encoders import export_tiny_reader
 
 from lightning_vlm import registry
+from lightning_vlm.callbacks import ExportEncoder
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tokenizer import TextTokenizer
 from lightning_vlm.encoders import ImageEncoder, load_encoder_checkpoint
 from lightning_vlm.encoders.ae import AEEncoder
-from lightning_vlm.callbacks import ExportEncoder
 from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
-from tiny_encoders import export_tiny_reader
 
 SIZE = 16  # 16 px, two levels -> 4 x 4 = 16 tokens
 CONV = dict(image_size=SIZE, channels=(8, 16), encoder_blocks=1, decoder_blocks=1, warmup_steps=1)

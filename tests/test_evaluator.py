@@ -5,12 +5,12 @@ The smart-watch scoring rules themselves are tested in test_scorer.py."""
 
 import pytest
 import torch
+from tiny_encoders import export_tiny_encoders
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.eval.evaluator import GenerationSettings, VLMEvaluator, prompt_gain
 from lightning_vlm.models.generation import prompt_for
 from lightning_vlm.training import UnifiedVLM
-from tiny_encoders import export_tiny_encoders
 
 
 class RecordingScorer(torch.nn.Module):

@@ -11,16 +11,17 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from test_chat_format import CHATML, save_chat_lm  # noqa: E402
+from test_llava_import import SIZE  # noqa: E402
+from test_real_models import save_tiny_lm  # noqa: E402
+from tiny_encoders import export_tiny_encoders  # noqa: E402
+
 from lightning_vlm.cli import main as cli_main  # noqa: E402
 from lightning_vlm.export import MANIFEST, export_hf_encoder, write_export  # noqa: E402
 from lightning_vlm.exported import load_exported  # noqa: E402
 from lightning_vlm.models.checkpoints import load_vlm  # noqa: E402
 from lightning_vlm.models.generation import image_tokens, prompt_for  # noqa: E402
 from lightning_vlm.training import UnifiedVLM  # noqa: E402
-from test_chat_format import CHATML, save_chat_lm  # noqa: E402
-from test_llava_import import SIZE  # noqa: E402
-from test_real_models import save_tiny_lm  # noqa: E402
-from tiny_encoders import export_tiny_encoders  # noqa: E402
 
 ASK = [{"task": "vqa", "image_id": "a", "conversations": [{"role": "user", "text": "What colour <image> is the square?"}]},
        {"task": "vqa", "image_id": "b", "system": "Answer briefly.", "conversations": [{"role": "user", "text": "Is it bright?"}]}]
@@ -117,12 +118,13 @@ def test_export_round_trip(kind, chat, world, tmp_path):
     assert rendered == prompt_for(after, TEXT, upto_turn=1)["input_ids"]
 
 
-def test_export_refusals(world, tmp_path):
+def test_export_refusals(world, tmp_path, capsys):
     ckpt = trained_checkpoint(tmp_path / "vlm.ckpt", world["lm"], world["vq"], world["vq"])
     for flags, message in ((["--merge-lora", "--adapter-only"], "give one of"), ([], "--adapter-only to save them alone")):
         with pytest.raises(SystemExit) as done:
             cli_main(["export", "--ckpt", str(ckpt), *flags, "--out", str(tmp_path / "x")])
         assert done.value.code == 2
+        assert message in capsys.readouterr().err
     plain = trained_checkpoint(tmp_path / "plain.ckpt", world["lm"], world["vq"], world["vq"], lora=False)
     with pytest.raises(ValueError, match="no LoRA adapters to save alone"):
         write_export(load_vlm(plain), tmp_path / "y", adapter_only=True)

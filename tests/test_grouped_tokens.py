@@ -4,12 +4,12 @@ import shutil
 
 import pytest
 import torch
+from tiny_encoders import TINY_BACKBONE, tiny_encoders
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.encoders.grouped import GroupedTokens, group_grid, ungroup_grid
 from lightning_vlm.models.generation import generate_images, prompt_for
 from lightning_vlm.training import UnifiedVLM
-from tiny_encoders import TINY_BACKBONE, tiny_encoders
 
 
 @pytest.fixture(scope="module")

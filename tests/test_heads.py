@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_models import fit  # a few Adam steps
 
 from lightning_vlm.heads import DiffusionHead, DiscreteHead, ImageHead, RegressionHead, build_head, head_options
-from test_models import fit  # a few Adam steps
 
 CODEBOOK = torch.randn(10, 4)
 DISCRETE_ENCODER = SimpleNamespace(dim=4, codebook_size=10, codes_from_indices=lambda idx: CODEBOOK[idx])

@@ -195,10 +195,10 @@ def test_a_tiny_model_fits_on_imported_data(imported, tmp_path):
     names the llava dataset, whose scorer gives open-answer scores and no smart-watch ones."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
+    from tiny_encoders import export_tiny_encoders
 
     from lightning_vlm.data.open_answers import OpenAnswerScorer
     from lightning_vlm.training import UnifiedVLM
-    from tiny_encoders import export_tiny_encoders
 
     enc = export_tiny_encoders(tmp_path, image_size=SIZE)
     torch.manual_seed(0)

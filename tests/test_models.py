@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_vlm.heads.denoiser import Denoiser
 from lightning_vlm.models import (
     AffineMisalignment,
     Backbone,
     BackboneConfig,
     HFBackbone,
     MLPProjector,
+    hf_backbone,
     lm_head,
 )
-from lightning_vlm.heads.denoiser import Denoiser
-from lightning_vlm.models import hf_backbone
 
 TOY = BackboneConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128, max_seq_len=64)
 PROMPTS = [[5, 9, 2, 7, 1], [3, 8, 4]]  # two prompts of different lengths: the batch needs padding

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-from lightning_vlm.training import UnifiedVLM
-from lightning_vlm.smartwatch.probe import fit_linear_probe, image_features, probe_attributes, render_split
 from tiny_encoders import export_tiny_encoders
+
+from lightning_vlm.smartwatch.probe import fit_linear_probe, image_features, probe_attributes, render_split
+from lightning_vlm.training import UnifiedVLM
 
 TINY_BACKBONE = {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 64}
 

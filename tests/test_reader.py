@@ -1,14 +1,13 @@
 """The attribute reader, its data module and FD-reader / KID-reader, on tiny shapes (CPU, seconds)."""
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 
-from lightning_vlm.smartwatch.world import DOMAINS
 from lightning_vlm.eval.fd import ReaderDistances
 from lightning_vlm.smartwatch.reader import HEADS, AttributeReader
 from lightning_vlm.smartwatch.render_data import EpochShiftSampler, RenderedWatchDataModule, RenderedWatches
+from lightning_vlm.smartwatch.world import DOMAINS
 
 SIZE = 32
 

@@ -6,17 +6,17 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import tomllib
 import torch
 import yaml
+from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.training import UnifiedVLM
-from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 README = Path(__file__).parents[1] / "README.md"
 

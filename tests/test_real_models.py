@@ -12,17 +12,23 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from test_llava_import import OPTIONS, SIZE, make_inputs, samples  # noqa: E402
+from tiny_encoders import export_tiny_encoders  # noqa: E402
+
 from lightning_vlm.cli import main as cli_main  # noqa: E402
 from lightning_vlm.data.datamodule import VLMDataModule  # noqa: E402
 from lightning_vlm.data.hf_tokenizer import HFTokenizer, load_tokenizer  # noqa: E402
 from lightning_vlm.data.llava import import_llava  # noqa: E402
-from lightning_vlm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer  # noqa: E402
 from lightning_vlm.data.open_answers import (  # noqa: E402
-    is_open_vqa, normalize_answer, open_answer_scores, prediction_record, score_open_answer, write_predictions,
+    is_open_vqa,
+    normalize_answer,
+    open_answer_scores,
+    prediction_record,
+    score_open_answer,
+    write_predictions,
 )
+from lightning_vlm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer  # noqa: E402
 from lightning_vlm.models.hf_backbone import HFBackbone, hf_backbone_options, lora_settings  # noqa: E402
-from test_llava_import import OPTIONS, SIZE, make_inputs, samples  # noqa: E402
-from tiny_encoders import export_tiny_encoders  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ["What colour is the square?", "It is red.", "Is it bright?", "Yes.", "No.", "Generate an image of: a red rectangle",
@@ -128,9 +134,9 @@ def test_lora_fit_test_generate_and_merged_export(which, world, tmp_path):
     transformers model whose logits match the LoRA model's."""
     import lightning.pytorch as pl
 
+    from lightning_vlm.models.checkpoints import load_vlm, load_weights
     from lightning_vlm.models.generation import generate_text, prompt_for
     from lightning_vlm.training import UnifiedVLM
-    from lightning_vlm.models.checkpoints import load_vlm, load_weights
 
     siglip = tmp_path / "siglip_l2.ckpt"
     for argv in (["export", "--hf-encoder", str(world["siglip"]), "--layer", "-2", "--out", str(siglip)],

@@ -78,7 +78,7 @@ def hand_failures(img, attrs, size):
     for name, angle in hand_angles(attrs).items():
         radii = np.linspace(0.2, min(HANDS[name][0], 0.75) - 0.05, 8) * r
 
-        def along(a):
+        def along(a, radii=radii):
             xs = np.clip(np.round(c + radii * np.sin(a) - 0.5).astype(int), 0, size - 1)
             ys = np.clip(np.round(c - radii * np.cos(a) - 0.5).astype(int), 0, size - 1)
             return img[ys, xs]  # [8, 3]

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from lightning_vlm.smartwatch.tasks import (
-    OPTIONAL_CLAUSES, caption_conversation, generation_conversation, vqa_conversation,
+    OPTIONAL_CLAUSES,
+    caption_conversation,
+    generation_conversation,
+    vqa_conversation,
 )
 from lightning_vlm.smartwatch.templates import CLAUSES, QUESTIONS
 from lightning_vlm.smartwatch.world import sample_attributes, validate_constraints

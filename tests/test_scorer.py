@@ -5,12 +5,12 @@ from collections import defaultdict
 
 import pytest
 import torch
+from tiny_encoders import export_tiny_reader
 
 from lightning_vlm.data.open_answers import OpenAnswerScorer
 from lightning_vlm.smartwatch.breakdown import breakdown_name, breakdown_names
 from lightning_vlm.smartwatch.dataset import SmartWatchDataset
 from lightning_vlm.smartwatch.scorer import METRIC_NAMES, SmartWatchScorer
-from tiny_encoders import export_tiny_reader
 
 
 def watch(weather, weather_position, battery_position, hour=11, battery=40):

@@ -1,22 +1,21 @@
 """Writing shards: layout, round trip, reproducibility, study controls, clear errors."""
 
 import hashlib
-import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
-from conftest import tiny_config
 from lightning_vlm.data.shards import decode_sample, iter_raw_samples, load_manifest
+from lightning_vlm.data.tokenizer import TextTokenizer
 from lightning_vlm.smartwatch.config import load_config
 from lightning_vlm.smartwatch.render import render_watch
 from lightning_vlm.smartwatch.world import WatchAttributes
 from lightning_vlm.smartwatch.writer import write_dataset
-from lightning_vlm.data.tokenizer import TextTokenizer
 
 
 def digest(folder):
@@ -99,7 +98,10 @@ def test_exclude_train_tuples(tmp_path):
     overrides = {f"tasks.{t}.constraints.{k}": v for t in ("vqa", "caption", "generation") for k, v in narrow.items()}
     cfg = tiny_config(**overrides, constrained_splits="[train,test]", **{"splits.test.exclude_train_tuples": True, "splits.train.images": 30})
     write_dataset(cfg, tmp_path, workers=1, progress=False)
-    key = lambda s: tuple(sorted((k, v) for k, v in s["meta"]["attributes"].items() if k != "face_color"))
+
+    def key(s):
+        return tuple(sorted((k, v) for k, v in s["meta"]["attributes"].items() if k != "face_color"))
+
     train = {key(s) for s in all_samples(tmp_path, "train", "vqa")}
     test = [key(s) for s in all_samples(tmp_path, "test", "vqa")]
     assert len(test) == 5 and not set(test) & train

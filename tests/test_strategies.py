@@ -24,10 +24,11 @@ import yaml
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from lightning_vlm.data.llava import import_llava  # noqa: E402
 from test_llava_import import OPTIONS, SIZE, make_inputs  # noqa: E402
 from test_real_models import save_tiny_lm  # noqa: E402
 from tiny_encoders import export_tiny_encoders  # noqa: E402
+
+from lightning_vlm.data.llava import import_llava  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = Path(__file__).with_name("strategy_fit_script.py")

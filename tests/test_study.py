@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 from lightning_vlm.study.commands import run_commands
 from lightning_vlm.study.layout import RunDir
@@ -18,7 +19,6 @@ from lightning_vlm.study.report import COLUMNS, collect_rows, write_report
 from lightning_vlm.study.runner import StudyRunner
 from lightning_vlm.study.spec import Run, SpecError, expand, load_spec, parse_shard, parse_spec, shard
 from lightning_vlm.study.stats import mean_ci, paired_differences, t_quantile, verdict
-from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
 SPECS = sorted((ROOT / "configs/studies").glob("*.yaml"))

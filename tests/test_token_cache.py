@@ -7,11 +7,11 @@ import pickle
 import pytest
 import torch
 
-from lightning_vlm.smartwatch.config import load_config
-from lightning_vlm.smartwatch.writer import write_dataset
 from lightning_vlm.encoders.ae import AEEncoder
 from lightning_vlm.encoders.cache import TokenCache, checkpoint_sha256, encode_main, iter_split_images
 from lightning_vlm.encoders.vq import VQEncoder
+from lightning_vlm.smartwatch.config import load_config
+from lightning_vlm.smartwatch.writer import write_dataset
 
 TINY_DATA = {"splits.train.images": 8, "splits.val.images": 4, "splits.test.images": 4, "samples_per_shard": 4, "image_size": 32, "supersample": 2}
 CONV = dict(image_size=32, channels=(8, 16, 16), encoder_blocks=1, decoder_blocks=1)

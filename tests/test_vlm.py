@@ -7,13 +7,21 @@ plain `VLM` from objects, with no file at all.
 
 import pytest
 import torch
+from tiny_encoders import TINY_BACKBONE
 
 from lightning_vlm.data.datamodule import VLMDataModule
 from lightning_vlm.data.tasks import TASKS
-from lightning_vlm.models.generation import _prefill_last, _up_to_stop, generate_images, generate_text, image_tokens, prompt_for, unconditional
+from lightning_vlm.models.generation import (
+    _prefill_last,
+    _up_to_stop,
+    generate_images,
+    generate_text,
+    image_tokens,
+    prompt_for,
+    unconditional,
+)
 from lightning_vlm.training import UnifiedVLM
 from lightning_vlm.training.module import lr_factor
-from tiny_encoders import TINY_BACKBONE
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +43,12 @@ def make(head, tiny_data, encoders, inp, out, **kw):
 
 def test_vlm_builds_from_objects(tiny_data, batch):
     """No tokenizer file, no checkpoint: the model is objects put together, like nanoGPT's GPT."""
+    from tiny_encoders import tiny_encoders
+
     from lightning_vlm.data.tokenizer import TextTokenizer
     from lightning_vlm.heads import DiscreteHead
     from lightning_vlm.models import Backbone, BackboneConfig
     from lightning_vlm.models.vlm import VLM
-    from tiny_encoders import tiny_encoders
 
     tokenizer = TextTokenizer.from_file(tiny_data / "tokenizer.json")
     vq = tiny_encoders()["vq"].requires_grad_(False)
@@ -277,8 +286,8 @@ def test_diffusion_sampling_is_seeded(tiny_data, encoders, batch):
 def test_token_cache_gives_the_same_loss_as_encoding(tiny_data, encoders, batch, tmp_path):
     import shutil
 
-    from lightning_vlm.encoders.cache import TokenCache
     from lightning_vlm.encoders.base import load_encoder_checkpoint
+    from lightning_vlm.encoders.cache import TokenCache
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

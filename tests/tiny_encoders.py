@@ -8,7 +8,6 @@ from lightning_vlm.encoders.ae import AEEncoder
 from lightning_vlm.encoders.semantic import SemanticEncoder
 from lightning_vlm.encoders.vq import VQEncoder
 
-
 # The backbone of the model tests: small enough that a fit of a few steps takes seconds.
 TINY_BACKBONE = {"n_layers": 2, "dim": 64, "n_heads": 2, "n_kv_heads": 1, "mlp_hidden": 128}
 

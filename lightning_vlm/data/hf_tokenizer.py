@@ -130,7 +130,7 @@ class HFTokenizer(TextTokenizer):
         self._vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, local_files_only: bool = True) -> "HFTokenizer":
+    def from_pretrained(cls, folder: str | Path, local_files_only: bool = True) -> HFTokenizer:
         tok, special, added = hf_tokenizer_with_specials(folder, local_files_only)
         return cls(Tokenizer.from_str(tok.backend_tokenizer.to_str()), special, added, str(folder),
                    own_chat_template(tok), template_tokens(tok))

@@ -27,11 +27,11 @@ import logging
 import multiprocessing as mp
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image, ImageOps
 from tqdm import tqdm

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .tokenizer import IMAGE, SPECIAL_TOKENS
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .dataset import Scorer
 from .tokenizer import IMAGE

@@ -13,8 +13,8 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import webdataset as wds
 from PIL import Image

@@ -14,14 +14,13 @@ import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-
 
 log = logging.getLogger("lightning_vlm.data")
 FORMAT_VERSION = 1  # of the shard layout and manifest that every dataset writer produces

@@ -6,8 +6,8 @@ which is what lets a small model read and write `07:45:09` or `57%` exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -44,7 +44,7 @@ class TextTokenizer:
         self.special = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TextTokenizer":
+    def from_file(cls, path: str | Path) -> TextTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path} (it is written by `lightning-vlm data`)")

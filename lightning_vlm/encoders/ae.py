@@ -8,7 +8,7 @@ pixels. The small KL weight keeps the latent space smooth and roughly unit-scale
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -6,7 +6,7 @@ validation metrics (PSNR, SSIM, a TensorBoard grid) and the optimiser live here 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

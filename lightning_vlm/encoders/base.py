@@ -79,7 +79,7 @@ class ImageEncoder(pl.LightningModule):
 
     # ---- token cache -------------------------------------------------------------------
     @property
-    def cache_encoder(self) -> "ImageEncoder":
+    def cache_encoder(self) -> ImageEncoder:
         """The encoder whose tokens `lightning-vlm encode` caches for this one (itself, unless it wraps another)."""
         return self
 
@@ -94,7 +94,7 @@ class ImageEncoder(pl.LightningModule):
             raise ValueError(f"expected images [B, 3, {size}, {size}] in [0, 1], got {list(images.shape)}")
 
     # ---- freezing --------------------------------------------------------------------------
-    def freeze(self) -> "ImageEncoder":
+    def freeze(self) -> ImageEncoder:
         super().freeze()
         self._frozen = True
         return self
@@ -103,7 +103,7 @@ class ImageEncoder(pl.LightningModule):
         self._frozen = False
         super().unfreeze()
 
-    def train(self, mode: bool = True) -> "ImageEncoder":
+    def train(self, mode: bool = True) -> ImageEncoder:
         return super().train(mode and not self._frozen)
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -128,7 +128,7 @@ class ImageEncoder(pl.LightningModule):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ImageEncoder":
+    def load(cls, path: str | Path) -> ImageEncoder:
         """The encoder saved at `path` (an exported file or a Lightning checkpoint), frozen on the CPU."""
         ckpt = read_checkpoint(path)
         target = import_class(ckpt[CHECKPOINT_CLASS_KEY], "encoder")

@@ -9,7 +9,7 @@ while still letting it place one-pixel-wide clock hands.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -25,8 +25,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ class TokenCache:
         return self.header["checkpoint_sha256"]
 
     @classmethod
-    def open(cls, data_dir: str | Path, encoder_name: str, checkpoint_path: str | Path) -> "TokenCache | None":
+    def open(cls, data_dir: str | Path, encoder_name: str, checkpoint_path: str | Path) -> TokenCache | None:
         """The cache of this checkpoint for this data, or None (with the reason logged) when there is none."""
         sha = checkpoint_sha256(checkpoint_path)
         folder = cache_folder(data_dir, encoder_name, sha)
@@ -211,7 +211,7 @@ class TokenCache:
         dtype: str = "float16",
         overwrite: bool = False,
         progress: bool = True,
-    ) -> "TokenCache":
+    ) -> TokenCache:
         """Encodes every image of `splits` (default: all) with the frozen `encoder` loaded from `checkpoint_path`."""
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"unknown feature dtype '{dtype}'; use one of {', '.join(FEATURE_DTYPES)}")

@@ -104,7 +104,7 @@ class HFEncoder(ImageEncoder):
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "HFEncoder":
+    def load(cls, path: str | Path) -> HFEncoder:
         """From the model directory itself, or from a checkpoint written by `export`."""
         if Path(path).is_dir():
             return cls(path=str(path)).freeze()

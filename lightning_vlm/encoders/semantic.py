@@ -24,7 +24,7 @@ the DataModule's tokenizer; train it with `task_weights: {caption: 1}`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,7 @@ features; features are decoded as given (no snapping to the nearest code).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from vector_quantize_pytorch import FSQ, VectorQuantize

@@ -16,7 +16,6 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 
-
 class ReaderFeatures(nn.Module):
     """A reader's `features` as a torchmetrics feature extractor: [N, 3, H, W] -> [N, D] float.
 
@@ -32,7 +31,7 @@ class ReaderFeatures(nn.Module):
         self.reader = reader.eval()
         self.num_features = reader.feature_dim
 
-    def train(self, mode: bool = True) -> "ReaderFeatures":
+    def train(self, mode: bool = True) -> ReaderFeatures:
         return super().train(False)
 
     @torch.no_grad()

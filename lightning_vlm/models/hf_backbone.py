@@ -178,7 +178,7 @@ class HFBackbone(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.causal_lm.get_output_embeddings()
 
-    def text_layers(self, tokenizer) -> tuple["AddedTokenEmbedding", "AddedTokenHead"]:
+    def text_layers(self, tokenizer) -> tuple[AddedTokenEmbedding, AddedTokenHead]:
         """(text embeddings, LM head) over the pretrained ones, with trainable rows for `tokenizer.added_ids`."""
         emb, head = self.get_input_embeddings(), self.get_output_embeddings()
         rows = emb.num_embeddings

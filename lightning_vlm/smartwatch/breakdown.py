@@ -8,7 +8,8 @@ DDP every rank must hold the same metrics in the same order to sync them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .world import CORNERS, WEATHERS
 

@@ -8,10 +8,11 @@ corner and the item it places ("weather"/"forecast" or "battery"/"charge").
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from .world import CORNERS, WEATHERS
 from .scoring import battery_score, parse_battery, parse_time, time_score
+from .world import CORNERS, WEATHERS
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,14 +38,14 @@ class SplitConfig:
     """`images`: an int, or {task: int} when images are not shared between tasks."""
 
     images: Any = 0
-    seed: Optional[int] = None  # None: derived from the global seed and the split's name
+    seed: int | None = None  # None: derived from the global seed and the split's name
     exclude_train_tuples: bool = False  # drop images whose full attribute tuple occurs in train
 
 
 @dataclass
 class TokenizerConfig:
     vocab_size: int = 1024
-    path: Optional[str] = None  # use this tokenizer.json instead of training one
+    path: str | None = None  # use this tokenizer.json instead of training one
 
 
 @dataclass

@@ -8,7 +8,7 @@ benchmarks/encoder_quality.py prints it for several encoders at once.
 from __future__ import annotations
 
 import itertools
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure

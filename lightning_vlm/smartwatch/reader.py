@@ -8,17 +8,17 @@ targets (circular for the clock), so near misses cost less than far ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import CORNERS, WEATHERS, WatchAttributes
-
 from .scoring import GROUPS, battery_score, mentioned_groups, score_attributes, time_score
+from .world import CORNERS, WEATHERS, WatchAttributes
 
 HEADS = {  # attribute -> number of classes
     "hour": 12,
@@ -155,7 +155,7 @@ class AttributeReader(pl.LightningModule):
         return {group: sums[group] / counts[group] for group in GROUPS if group in sums}
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "AttributeReader":
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> AttributeReader:
         """A trained reader from a Lightning checkpoint, in eval mode with gradients off.
 
         Built from the saved arguments and weights, not the class path the checkpoint names, so

@@ -19,8 +19,9 @@ seconds mod 60), so the numeric formulas are the shared ones of `scoring.py`.
 from __future__ import annotations
 
 import re
-from .world import WEATHERS
+
 from .scoring import battery_score, time_score
+from .world import WEATHERS
 
 REFERENCE_TYPES = ("time", "weather", "battery", "position")
 _TIME = re.compile(r"(\d{2}):(\d{2}):(\d{2})")

@@ -8,8 +8,8 @@ The train sampler shifts its indices by the epoch, so each epoch sees fresh watc
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import lightning.pytorch as pl
 import numpy as np

@@ -9,7 +9,8 @@ graded on one scale.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 QUESTION_TYPES = ("time", "weather", "battery", "weather_position", "battery_position")
 GROUPS = QUESTION_TYPES  # attribute groups the reader scores: one per question type

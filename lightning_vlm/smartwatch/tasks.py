@@ -8,7 +8,7 @@ probability `clause_prob`; a generation request uses the same clause sampler.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,9 @@ which worker drew it or how many images came before it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class WatchAttributes:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WatchAttributes":
+    def from_dict(cls, d: Mapping[str, Any]) -> WatchAttributes:
         fields = {name: d[name] for name in ATTRIBUTE_NAMES}
         return cls(**fields, face_color=tuple(int(c) for c in d["face_color"]))
 

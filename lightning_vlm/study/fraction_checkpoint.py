@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -63,8 +64,8 @@ class FractionCheckpoint(Callback):
     expect ModelCheckpoint's attributes there.
     """
 
-    def __init__(self, fractions: list[float] = list(DEFAULT_FRACTIONS), dirpath: str = "checkpoints",
-                 evaluate: list[str] = [], eval_tasks: list[str] | None = None, test_fractions: list[float] | None = None):
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, dirpath: str = "checkpoints",
+                 evaluate: Sequence[str] = (), eval_tasks: list[str] | None = None, test_fractions: list[float] | None = None):
         super().__init__()
         bad = [f for f in fractions if not 0 < f <= 1]
         if bad or not fractions:

@@ -24,7 +24,7 @@ class RunDir:
         self.done = self.path / "DONE"
 
     @classmethod
-    def of(cls, out: str | Path, run: Run) -> "RunDir":
+    def of(cls, out: str | Path, run: Run) -> RunDir:
         return cls(Path(out) / run.name)
 
     def fraction_ckpt(self, fraction: float) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .stats import mean_ci  # noqa: E402
+from .stats import mean_ci
 
 PNG_METADATA = {"Software": None}  # no version string in the file: a report regenerates byte for byte
 

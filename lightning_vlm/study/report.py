@@ -8,7 +8,6 @@ function of the records, the spec and the chance levels, so a report regenerates
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections import defaultdict

@@ -16,7 +16,6 @@ import re
 import warnings
 from itertools import chain
 
-import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
