@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.heads import draw
+from ..models.sampling import draw
 
 
 def alphas_cumprod(schedule: str, steps: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.heads import sample_logits
+from ..models.sampling import sample_logits
 from .base import ImageHead
 
 

@@ -5,15 +5,17 @@
 - backbone: `Backbone` (causal transformer over embeddings) + `KVCache`, sized by `BackboneConfig`
 - hf_backbone: `HFBackbone`, a local Hugging Face causal LM behind the same interface (optional extra)
 - projectors: `MLPProjector` (encoder features -> backbone width), `AffineMisalignment` (the study's input-side map)
-- heads: `lm_head` and the token samplers the image heads share
+- text_head: `lm_head`, hidden states -> vocabulary logits
+- sampling: `sample_logits` and seeded draws, shared by text decoding and the image heads
 - standardize: `RunningStandardizer`, per-dimension feature standardisation with running statistics
 """
 
 from .backbone import Backbone, BackboneConfig, KVCache, default_positions
-from .heads import lm_head, sample_logits
 from .hf_backbone import HFBackbone, HFCache
 from .projectors import AffineMisalignment, MLPProjector
+from .sampling import sample_logits
 from .standardize import RunningStandardizer
+from .text_head import lm_head
 
 __all__ = [
     "AffineMisalignment",

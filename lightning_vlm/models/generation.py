@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tokenizer import BOI, EOT
-from .heads import sample_logits
+from .sampling import sample_logits
 
 
 def prompt_for(model, meta: dict, upto_turn: int = 0) -> dict:

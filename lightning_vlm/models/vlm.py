@@ -35,10 +35,10 @@ from torch import nn
 from ..data.collate import SequenceBuilder
 from ..data.tasks import TASKS
 from . import generation
-from .heads import lm_head
 from .positions import GridPositionEmbedding
 from .projectors import MLPProjector
 from .standardize import RunningStandardizer
+from .text_head import lm_head
 
 
 class VLM(nn.Module):

@@ -1,9 +1,8 @@
-"""The text head on backbone hidden states, and sampling helpers shared with the image heads (`lightning_vlm.heads`)."""
+"""Token sampling shared by text decoding and the image heads: seeded draws, argmax or Gumbel-max."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def draw(fn, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -13,19 +12,6 @@ def draw(fn, shape: tuple[int, ...], generator: torch.Generator | None, device: 
     """
     source = generator.device if generator is not None else device
     return fn(shape, generator=generator, device=source).to(device)
-
-
-def lm_head(embedding: nn.Embedding, tied: bool = True) -> nn.Linear:
-    """Linear hidden [.., dim] -> vocabulary logits; shares the text embedding matrix when `tied`.
-
-    Tying saves vocab x dim parameters and is the usual choice for small models.
-    """
-    head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False)
-    if tied:
-        head.weight = embedding.weight
-    else:
-        nn.init.normal_(head.weight, std=0.02)
-    return head
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
