@@ -15,7 +15,7 @@ from lightning_vlm.study.commands import run_commands
 from lightning_vlm.study.layout import RunDir
 from lightning_vlm.study.main import study_main
 from lightning_vlm.study.records import records_from_runs
-from lightning_vlm.study.report import COLUMNS, collect_rows, write_report
+from lightning_vlm.study.report import COLUMNS, agreement, collect_rows, write_report
 from lightning_vlm.study.runner import StudyRunner
 from lightning_vlm.study.spec import Run, SpecError, expand, load_spec, parse_shard, parse_spec, shard
 from lightning_vlm.study.stats import mean_ci, paired_differences, t_quantile, verdict
@@ -200,11 +200,24 @@ def test_mean_and_t_interval_by_hand():
     assert paired_differences({0: 0.6, 1: 0.7, 2: 0.9}, {0: 0.5, 1: 0.6, 3: 0.0}) == pytest.approx([0.1, 0.1])
 
 
+def test_agreement_says_yes_only_when_every_comparison_replicates():
+    assert agreement({"replicates": 2}, 2).startswith("Yes")
+
+
+def test_agreement_names_a_split_between_comparisons():
+    assert agreement({"replicates": 1, "contradicts": 1, "inconclusive at this scale": 1}, 3) == (
+        "In part: 1 of 3 comparisons replicate the paper's claim, 1 contradict it and 1 do not decide at this scale.")
+
+
+def test_agreement_waits_while_nothing_decides():
+    assert agreement({"not yet a verdict": 4}, 4).startswith("Not yet")
+
+
 def test_verdicts_follow_the_interval():
     up, down, wide = mean_ci([0.10, 0.12, 0.14]), mean_ci([-0.10, -0.12, -0.14]), mean_ci([-0.1, 0.0, 0.2])
     assert verdict(up, "higher") == "replicates" and verdict(down, "higher") == "contradicts"
     assert verdict(down, "lower") == "replicates" and verdict(up, "lower") == "contradicts"
-    assert verdict(wide) == f"inconclusive at this scale (3 seeds, CI [{wide.lo:.3g}, {wide.hi:.3g}])"
+    assert verdict(wide) == f"inconclusive at this scale (3 seeds, CI [{wide.lo:+.3f}, {wide.hi:+.3f}])"
     assert verdict(mean_ci([0.3])) == "inconclusive at this scale (1 seed, no CI)"
     two = mean_ci([0.30, 0.32])
     assert verdict(two).startswith("not yet a verdict (2 seeds, CI [")  # its CI excludes 0, but 2 seeds make no claim

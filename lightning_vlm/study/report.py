@@ -216,6 +216,23 @@ def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folde
     return lines
 
 
+def sentence(text: str) -> str:
+    """Spec prose as a sentence: capital first letter (specs write it to follow a colon)."""
+    return text[:1].upper() + text[1:]
+
+
+def agreement(counts: dict, total: int) -> str:
+    """Whether this scale agrees with the paper, comparison by comparison (one word would hide a split)."""
+    replicated, contradicted = counts.get("replicates", 0), counts.get("contradicts", 0)
+    if total and replicated == total:
+        return "Yes: every comparison replicates the paper's claim at this scale."
+    if not replicated and not contradicted:
+        return "Not yet: no comparison decides at this scale."
+    undecided = total - replicated - contradicted
+    return (f"In part: {replicated} of {total} comparisons replicate the paper's claim, {contradicted} contradict it"
+            f" and {undecided} do not decide at this scale.")
+
+
 def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:
     if not spec:
         return []
@@ -225,13 +242,11 @@ def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:
     shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdict yet"
     lines = ["## Conclusion", ""]
     if spec.conclusion.get("paper"):
-        lines.append(f"*The paper's claim.* {spec.conclusion['paper']}")
+        lines.append(f"*The paper's claim.* {sentence(spec.conclusion['paper'])}")
     lines.append(f"*What this scale shows.* Verdicts at the final fraction: {shown} (of {len(verdicts)} comparisons).")
-    agrees = "agrees" if verdicts and counts.get("replicates", 0) == len(verdicts) else (
-        "disagrees" if counts.get("contradicts") else "does not yet decide")
-    lines.append(f"*Does it agree?* At this scale the evidence {agrees} with the paper's claim.")
+    lines.append(f"*Does it agree?* {agreement(counts, len(verdicts))}")
     if spec.conclusion.get("gpu"):
-        lines.append(f"*What the GPU scale would add.* {spec.conclusion['gpu']}")
+        lines.append(f"*What the GPU scale would add.* {sentence(spec.conclusion['gpu'])}")
     return lines + [""]
 
 

@@ -71,13 +71,13 @@ def verdict(diff: Summary, expect: str = "higher") -> str:
     if diff.n < 2 or math.isnan(diff.lo):
         return f"inconclusive at this scale ({seeds}, no CI)"
     if diff.n < MIN_SEEDS:
-        return f"not yet a verdict ({seeds}, CI [{diff.lo:.3g}, {diff.hi:.3g}]; a claim needs {MIN_SEEDS} seeds)"
+        return f"not yet a verdict ({seeds}, CI [{diff.lo:+.3f}, {diff.hi:+.3f}]; a claim needs {MIN_SEEDS} seeds)"
     above, below = diff.lo > 0, diff.hi < 0
     if (above and expect == "higher") or (below and expect == "lower"):
         return "replicates"
     if above or below:
         return "contradicts"
-    return f"inconclusive at this scale ({seeds}, CI [{diff.lo:.3g}, {diff.hi:.3g}])"
+    return f"inconclusive at this scale ({seeds}, CI [{diff.lo:+.3f}, {diff.hi:+.3f}])"
 
 
 def select_fraction(values: dict[float, float], better: str = "higher") -> float:
