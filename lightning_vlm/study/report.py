@@ -130,7 +130,8 @@ def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tup
         ci = "-" if math.isnan(d.lo) else f"[{d.lo:+.3f}, {d.hi:+.3f}]"
         n_a, n_b = samples[c.a].get(f), samples[c.b].get(f)
         counted = f"{n_a:,.0f} / {n_b:,.0f}" if n_a is not None and n_b is not None else "-"
-        lines.append(f"| {f:.2f} | {fmt(mean_ci(a[f].values()))} | {fmt(mean_ci(b[f].values()))} | {counted} | {d.mean:+.3f} | {ci} | {d.n} |")
+        mean = "-" if math.isnan(d.mean) else f"{d.mean:+.3f}"  # no seed holds both regimes here
+        lines.append(f"| {f:.2f} | {fmt(mean_ci(a[f].values()))} | {fmt(mean_ci(b[f].values()))} | {counted} | {mean} | {ci} | {d.n} |")
     last = max(fractions)
     d = diffs[last]
     lines += ["", f"**Verdict at the final fraction ({last:.2f}): {verdict(d, c.expect)}** (difference {d.mean:+.3f}, {d.n} paired seeds)."]
@@ -229,6 +230,8 @@ def agreement(counts: dict, total: int) -> str:
     if not replicated and not contradicted:
         return "Not yet: no comparison decides at this scale."
     undecided = total - replicated - contradicted
+    if not replicated:
+        return f"No: {contradicted} of {total} comparisons contradict the paper's claim and {undecided} do not decide at this scale."
     return (f"In part: {replicated} of {total} comparisons replicate the paper's claim, {contradicted} contradict it"
             f" and {undecided} do not decide at this scale.")
 

@@ -70,14 +70,15 @@ def verdict(diff: Summary, expect: str = "higher") -> str:
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if diff.n < 2 or math.isnan(diff.lo):
         return f"inconclusive at this scale ({seeds}, no CI)"
+    ci = f"CI [{diff.lo:+.3f}, {diff.hi:+.3f}]"
     if diff.n < MIN_SEEDS:
-        return f"not yet a verdict ({seeds}, CI [{diff.lo:+.3f}, {diff.hi:+.3f}]; a claim needs {MIN_SEEDS} seeds)"
+        return f"not yet a verdict ({seeds}, {ci}; a claim needs {MIN_SEEDS} seeds)"
     above, below = diff.lo > 0, diff.hi < 0
     if (above and expect == "higher") or (below and expect == "lower"):
-        return "replicates"
+        return f"replicates ({seeds}, {ci})"
     if above or below:
-        return "contradicts"
-    return f"inconclusive at this scale ({seeds}, CI [{diff.lo:+.3f}, {diff.hi:+.3f}])"
+        return f"contradicts ({seeds}, {ci})"
+    return f"inconclusive at this scale ({seeds}, {ci})"
 
 
 def select_fraction(values: dict[float, float], better: str = "higher") -> float:
