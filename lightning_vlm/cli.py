@@ -12,7 +12,12 @@ names its run folder once (`trainer.default_root_dir`); the logger and checkpoin
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
+
+# Lightning's pytree helper calls an API that newer torch releases deprecate, once per fit: nothing a
+# user of this package can act on (the frozen encoders' eval-mode notice is silenced in training.module).
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 LIGHTNING_VERBS = {"fit", "validate", "test", "predict"}
 DEFAULTS = Path(__file__).with_name("defaults.yaml")

@@ -68,6 +68,14 @@ def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
     assert "test/vqa/total" in out
 
 
+def test_a_fit_prints_no_warning_a_user_cannot_act_on(overlay, tmp_path):
+    """The frozen encoders' eval-mode notice and Lightning's pytree deprecation are silenced (issue 22)."""
+    config = ROOT / "configs/smartwatch/vq_vq.yaml"
+    out = cli("fit", "--config", str(config), "--config", overlay(*encoders_of(config)), "--trainer.max_steps", "2",
+              "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    assert [line for line in out.splitlines() if "LeafSpec" in line or "in eval mode at the start" in line] == []
+
+
 def test_data_presets_compose(overlay, tmp_path):
     config = ROOT / "configs/smartwatch/vq_vq.yaml"
     out = cli("fit", "--config", str(config), "--config", str(ROOT / "configs/smartwatch/presets/generation_only.yaml"),

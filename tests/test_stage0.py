@@ -18,8 +18,8 @@ PROVENANCE = json.loads((FOLDER / stage0.PROVENANCE).read_text())
 CHECK_IMAGES = 200  # fewer than `stage0 check`'s 500: the test's share of the CPU
 
 
-def test_the_reader_and_the_vq_encoder_are_shipped():
-    assert {"reader", "vq"} <= set(PROVENANCE)
+def test_the_reader_and_every_cpu_scale_encoder_are_shipped():
+    assert set(PROVENANCE) == {"reader", "vq", "ae", "semantic"}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE))
