@@ -219,10 +219,10 @@ def test_agreement_waits_while_nothing_decides():
 
 def test_verdicts_follow_the_interval():
     up, down, wide = mean_ci([0.10, 0.12, 0.14]), mean_ci([-0.10, -0.12, -0.14]), mean_ci([-0.1, 0.0, 0.2])
-    assert verdict(up, "higher") == f"replicates (3 seeds, CI [{up.lo:+.3f}, {up.hi:+.3f}])"
-    assert verdict(down, "higher").startswith("contradicts (3 seeds, CI [")
-    assert verdict(down, "lower").startswith("replicates (3 seeds")
-    assert verdict(up, "lower").startswith("contradicts (3 seeds")
+    assert verdict(up, "higher") == "replicates"
+    assert verdict(down, "higher") == "contradicts"
+    assert verdict(down, "lower") == "replicates"
+    assert verdict(up, "lower") == "contradicts"
     assert verdict(wide) == f"inconclusive at this scale (3 seeds, CI [{wide.lo:+.3f}, {wide.hi:+.3f}])"
     assert verdict(mean_ci([0.3])) == "inconclusive at this scale (1 seed, no CI)"
     two = mean_ci([0.30, 0.32])

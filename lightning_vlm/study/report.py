@@ -134,7 +134,9 @@ def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tup
         lines.append(f"| {f:.2f} | {fmt(mean_ci(a[f].values()))} | {fmt(mean_ci(b[f].values()))} | {counted} | {mean} | {ci} | {d.n} |")
     last = max(fractions)
     d = diffs[last]
-    lines += ["", f"**Verdict at the final fraction ({last:.2f}): {verdict(d, c.expect)}** (difference {d.mean:+.3f}, {d.n} paired seeds)."]
+    said = verdict(d, c.expect)
+    ci = "" if math.isnan(d.lo) or "CI [" in said else f", CI [{d.lo:+.3f}, {d.hi:+.3f}]"  # a decided verdict names its CI here
+    lines += ["", f"**Verdict at the final fraction ({last:.2f}): {said}** (difference {d.mean:+.3f}{ci}, {d.n} paired seeds)."]
     better = spec.better(c.metric)
     sel_a, sel_b = val_selected(val.get(c.a, {}), a, better), val_selected(val.get(c.b, {}), b, better)
     seeds = sorted(set(sel_a) & set(sel_b))

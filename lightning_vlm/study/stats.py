@@ -75,9 +75,9 @@ def verdict(diff: Summary, expect: str = "higher") -> str:
         return f"not yet a verdict ({seeds}, {ci}; a claim needs {MIN_SEEDS} seeds)"
     above, below = diff.lo > 0, diff.hi < 0
     if (above and expect == "higher") or (below and expect == "lower"):
-        return f"replicates ({seeds}, {ci})"
+        return "replicates"
     if above or below:
-        return f"contradicts ({seeds}, {ci})"
+        return "contradicts"
     return f"inconclusive at this scale ({seeds}, {ci})"
 
 
