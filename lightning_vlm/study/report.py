@@ -134,9 +134,7 @@ def comparison_lines(c, g: dict, spec: Spec, chance: dict, samples: dict) -> tup
         lines.append(f"| {f:.2f} | {fmt(mean_ci(a[f].values()))} | {fmt(mean_ci(b[f].values()))} | {counted} | {mean} | {ci} | {d.n} |")
     last = max(fractions)
     d = diffs[last]
-    said = verdict(d, c.expect)
-    ci = "" if math.isnan(d.lo) or "CI [" in said else f", CI [{d.lo:+.3f}, {d.hi:+.3f}]"  # a decided verdict names its CI here
-    lines += ["", f"**Verdict at the final fraction ({last:.2f}): {said}** (difference {d.mean:+.3f}{ci}, {d.n} paired seeds)."]
+    lines += ["", f"**Verdict at the final fraction ({last:.2f}): {verdict(d, c.expect)}** (difference {d.mean:+.3f}, {d.n} paired seeds)."]
     better = spec.better(c.metric)
     sel_a, sel_b = val_selected(val.get(c.a, {}), a, better), val_selected(val.get(c.b, {}), b, better)
     seeds = sorted(set(sel_a) & set(sel_b))
@@ -219,11 +217,6 @@ def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folde
     return lines
 
 
-def sentence(text: str) -> str:
-    """Spec prose as a sentence: capital first letter (specs write it to follow a colon)."""
-    return text[:1].upper() + text[1:]
-
-
 def agreement(counts: dict, total: int) -> str:
     """Whether this scale agrees with the paper, comparison by comparison (one word would hide a split)."""
     replicated, contradicted = counts.get("replicates", 0), counts.get("contradicts", 0)
@@ -247,11 +240,11 @@ def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:
     shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdict yet"
     lines = ["## Conclusion", ""]
     if spec.conclusion.get("paper"):
-        lines.append(f"*The paper's claim.* {sentence(spec.conclusion['paper'])}")
+        lines.append(f"*The paper's claim.* {spec.conclusion['paper']}")
     lines.append(f"*What this scale shows.* Verdicts at the final fraction: {shown} (of {len(verdicts)} comparisons).")
     lines.append(f"*Does it agree?* {agreement(counts, len(verdicts))}")
     if spec.conclusion.get("gpu"):
-        lines.append(f"*What the GPU scale would add.* {sentence(spec.conclusion['gpu'])}")
+        lines.append(f"*What the GPU scale would add.* {spec.conclusion['gpu']}")
     return lines + [""]
 
 
