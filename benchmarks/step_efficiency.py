@@ -127,11 +127,12 @@ def run(model, loader_iter, optimizer, dtype, steps: int):
 
 
 VARIANTS = {
-    # name: (upcast bf16 attention on CPUs without AMX, length_buckets, compile_backbone)
-    "plain": (False, 0, False),
-    "attention-fp32": (True, 0, False),
-    "buckets": (True, 8, False),
-    "compiled": (True, 8, True),
+    # name: (upcast bf16 attention on CPUs without AMX, length_buckets, compile_backbone, split_by_length)
+    "plain": (False, 0, False, False),
+    "attention-fp32": (True, 0, False, False),
+    "buckets": (True, 8, False, False),
+    "compiled": (True, 8, True, False),
+    "split": (True, 0, False, True),  # the config's batches, each run as a short and a long group
 }
 
 
@@ -158,9 +159,10 @@ def main() -> None:
     has_amx = backbone_module.cpu_has_amx
     for variant in args.variants.split(","):
         if variant != "config":
-            upcast, buckets, compiled = VARIANTS[variant]
+            upcast, buckets, compiled, split = VARIANTS[variant]
             backbone_module.cpu_has_amx = has_amx if upcast else (lambda: True)
             dm.hparams.length_buckets = buckets
+            model.model.split_by_length = split
             model.model._train_backbone = None  # eager, unless this variant compiles
             if compiled:
                 model.model.compile_backbone()

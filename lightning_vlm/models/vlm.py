@@ -35,6 +35,7 @@ from torch import nn
 from ..data.collate import SequenceBuilder
 from ..data.tasks import TASKS
 from . import generation
+from .length_groups import length_groups, row_lengths, take_rows
 from .positions import GridPositionEmbedding
 from .projectors import MLPProjector
 from .standardize import RunningStandardizer
@@ -60,13 +61,15 @@ class VLM(nn.Module):
         prompt_dropout / context_noise / image_loss_weight: see the module docstring.
         chat_template: render conversations with the tokenizer's own chat template (`data.chat_format`);
             must match the data module's `chat_template` so training batches and prompts agree.
+        split_by_length: compute each batch as a short and a long group of rows, each with less padding
+            (`models.length_groups`): the same losses, fewer padded tokens in mixed batches.
     """
 
     def __init__(self, tokenizer, input_encoder: nn.Module, backbone: nn.Module, head: nn.Module,
                  output_encoder: nn.Module | None = None, text_layers: tuple[nn.Module, nn.Module] | None = None,
                  misalign: nn.Module | None = None, standardize_features: bool = False, output_slot_embedding: bool = True,
                  input_position_embedding: bool = False, prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0,
-                 chat_template: bool = False):
+                 chat_template: bool = False, split_by_length: bool = False):
         super().__init__()
         if not 0 <= prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
@@ -77,6 +80,7 @@ class VLM(nn.Module):
             raise ValueError(f"context_noise must be >= 0, got {context_noise}")
         self.tokenizer = tokenizer
         self.prompt_dropout, self.context_noise, self.image_loss_weight = prompt_dropout, context_noise, image_loss_weight
+        self.split_by_length = split_by_length
         self.shared_space = output_encoder is None or output_encoder is input_encoder
         self.input_encoder = input_encoder
         self.output_encoder = input_encoder if self.shared_space else output_encoder
@@ -184,11 +188,33 @@ class VLM(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Losses of a collated batch: text, text/<task>, image and total (text + image_loss_weight x image)."""
+        """Losses of a collated batch: text, text/<task>, image and total (text + image_loss_weight x image).
+
+        With `split_by_length` the batch runs as a short and a long group of rows (`models.length_groups`),
+        each trimmed to its own longest row; every loss is still the mean over all the batch's tokens."""
         if self.training and self.prompt_dropout > 0:
             is_gen = batch["task"] == TASKS.index("generation")
             drop = is_gen & (torch.rand(is_gen.shape, device=is_gen.device) < self.prompt_dropout)
             batch = {**batch, "input_ids": self.hide_prompts(batch["input_ids"], drop)}  # targets are assistant tokens: unchanged
+        groups = length_groups(row_lengths(batch)) if self.split_by_length else []
+        parts = [self._token_losses(take_rows(batch, rows)) for rows in groups] if len(groups) > 1 else [self._token_losses(batch)]
+        token_ce = torch.cat([p["token_ce"] for p in parts])
+        task_of_token = torch.cat([p["task_of_token"] for p in parts])
+        zero = sum(p["zero"] for p in parts)  # keeps every group's graph: DDP wants a gradient for each weight
+        out = {"text": token_ce.mean() if token_ce.numel() else zero}
+        for i, task in enumerate(TASKS):
+            sel = task_of_token == i
+            if sel.any():
+                out[f"text/{task}"] = token_ce[sel].mean().detach()
+        n_image = sum(p["n_image"] for p in parts)
+        # a head's loss is a mean over its tokens: weighting each group's by its count gives the batch mean
+        out["image"] = sum(p["image"] * p["n_image"] for p in parts) / n_image if n_image else zero
+        out["total"] = out["text"] + self.image_loss_weight * out["image"]
+        return out
+
+    def _token_losses(self, batch: dict) -> dict:
+        """Per-token text CE (with each token's task), the image head's mean loss and its token count, and
+        a zero tied to the backbone's output."""
         emb, targets = self.embed_batch(batch)
         backbone = self._train_backbone if self.training and self._train_backbone is not None else self.backbone
         hidden = backbone(emb)  # right-padded: causal attention is exact at the real tokens
@@ -196,17 +222,12 @@ class VLM(nn.Module):
         loss_mask = batch["loss_mask"][:, 1:]
         logits = self.lm_head(h_prev[loss_mask])  # [T_loss, V]
         token_ce = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][loss_mask], reduction="none")
-        out = {"text": token_ce.mean() if token_ce.numel() else hidden.sum() * 0}
-        task_of_token = batch["task"][:, None].expand_as(loss_mask)[loss_mask]
-        for i, task in enumerate(TASKS):
-            sel = task_of_token == i
-            if sel.any():
-                out[f"text/{task}"] = token_ce[sel].mean().detach()
-        out["image"] = hidden.sum() * 0
+        out = {"token_ce": token_ce, "task_of_token": batch["task"][:, None].expand_as(loss_mask)[loss_mask],
+               "zero": hidden.sum() * 0, "image": 0.0, "n_image": 0}
         if targets:
             h_img = h_prev[batch["image_out_mask"][:, 1:]]  # [M, D], in the targets' order
             out["image"] = self.image_head.loss(h_img.float(), targets["features"], targets["indices"])
-        out["total"] = out["text"] + self.image_loss_weight * out["image"]
+            out["n_image"] = h_img.shape[0]
         return out
 
     def compile_backbone(self) -> None:
