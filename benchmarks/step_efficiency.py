@@ -1,6 +1,6 @@
 """How close a training step comes to this CPU's own matmul speed at the model's shapes.
 
-    python benchmarks/step_efficiency.py --config configs/smartwatch/quickstart.yaml [--config more.yaml] [--steps 8]
+    python benchmarks/step_efficiency.py --config configs/smartwatch/quickstart.yaml [--config more.yaml] [--steps 8] [--variants config,split]
 
 Builds the model and data of a `lightning-vlm fit` config, takes real training batches,
 and for bf16 autocast (the shipped precision) and fp32 in one process prints:
@@ -9,7 +9,7 @@ and for bf16 autocast (the shipped precision) and fp32 in one process prints:
   - every matmul of the step (shape, dtype) timed alone, and so the rate this CPU reaches
     on exactly those matmuls,
   - step FLOP/s / own-shape matmul FLOP/s: the fraction of the possible that the step reaches,
-  - tokens/s and the padding fraction of the batches,
+  - tokens/s and the padding fraction of the slots the step computes (variant split: per length group),
   - the CPU model and whether it has AMX.
 Remaining cost beyond the matmuls is elementwise work, attention kernels, casts and Python.
 """
@@ -24,6 +24,8 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_vlm.models.length_groups import length_groups, row_lengths
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 
@@ -87,6 +89,14 @@ def build(configs: list[str]):
     return cli.model, cli.datamodule, cli.trainer
 
 
+def computed_slots(vlm, batch) -> int:
+    """Sequence slots the step computes: the batch's padded area, or its length groups' areas when split."""
+    if not vlm.split_by_length:
+        return batch["attention_mask"].numel()
+    lengths = row_lengths(batch)
+    return sum(len(rows) * int(lengths[rows].max()) for rows in length_groups(lengths))
+
+
 def run(model, loader_iter, optimizer, dtype, steps: int):
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     batch = next(loader_iter)
@@ -120,7 +130,7 @@ def run(model, loader_iter, optimizer, dtype, steps: int):
         loaded.append(t2 - t0)
         real = batch["attention_mask"].sum().item()
         tokens.append(real)
-        padding.append(1 - real / batch["attention_mask"].numel())
+        padding.append(1 - real / computed_slots(model.model, batch))
         batch = nxt
     return (flops, shapes.seen, statistics.median(compute), statistics.median(loaded), statistics.mean(tokens),
             statistics.mean(padding), warmup)
@@ -157,15 +167,15 @@ def main() -> None:
     from lightning_vlm.models import backbone as backbone_module
 
     has_amx = backbone_module.cpu_has_amx
+    as_configured = (True, dm.hparams.length_buckets, model.model._train_backbone is not None, model.model.split_by_length)
     for variant in args.variants.split(","):
-        if variant != "config":
-            upcast, buckets, compiled, split = VARIANTS[variant]
-            backbone_module.cpu_has_amx = has_amx if upcast else (lambda: True)
-            dm.hparams.length_buckets = buckets
-            model.model.split_by_length = split
-            model.model._train_backbone = None  # eager, unless this variant compiles
-            if compiled:
-                model.model.compile_backbone()
+        upcast, buckets, compiled, split = as_configured if variant == "config" else VARIANTS[variant]
+        backbone_module.cpu_has_amx = has_amx if upcast else (lambda: True)
+        dm.hparams.length_buckets = buckets
+        model.model.split_by_length = split
+        model.model._train_backbone = None  # eager, unless this variant compiles
+        if compiled:
+            model.model.compile_backbone()
         for label in args.dtypes.split(","):
             dtype = torch.bfloat16 if label == "bf16" else torch.float32
             loader = iter(dm.train_dataloader())
