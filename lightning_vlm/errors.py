@@ -24,24 +24,12 @@ import sys
 import traceback
 from pathlib import Path
 
+from .compat import MOVED
+
 DEBUG_ENV = "LIGHTNING_VLM_DEBUG"
 DEBUG_FLAG = "--debug"
 DEBUG_HINT = f"  (full traceback: add {DEBUG_FLAG} or set {DEBUG_ENV}=1)"
 TOP_LEVEL_KEYS = ("config", "seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path")
-# Classes that configs name and that have moved: the one line that tells what to change.
-FORMER_ARCHITECTURE = "has become lightning_vlm.training.UnifiedVLM with head: {head}: write class_path: UnifiedVLM, head: {head} and the head's options under head_options (docs/configs.md); convert its checkpoints with `lightning-vlm upgrade CKPT`"
-MOVED = {
-    "lightning_vlm.encoders.export.ExportEncoder": "lightning_vlm.callbacks.ExportEncoder",
-    "lightning_vlm.eval.reader.AttributeReader": "lightning_vlm.smartwatch.reader.AttributeReader",
-    "lightning_vlm.eval.render_data.RenderedWatchDataModule": "lightning_vlm.smartwatch.render_data.RenderedWatchDataModule",
-    "lightning_vlm.eval.render_data.TorchThreads": "lightning_vlm.smartwatch.render_data.TorchThreads",
-    "lightning_vlm.data.datamodule.SmartWatchDataModule": "lightning_vlm.data.datamodule.VLMDataModule",
-    "lightning_vlm.architectures.predict.PredictionWriter": "lightning_vlm.training.predict.PredictionWriter",
-    "lightning_vlm.architectures.discrete.DiscreteVLM": FORMER_ARCHITECTURE.format(head="discrete"),
-    "lightning_vlm.architectures.regression.RegressionVLM": FORMER_ARCHITECTURE.format(head="regression"),
-    "lightning_vlm.architectures.diffusion.DiffusionVLM": FORMER_ARCHITECTURE.format(head="diffusion"),
-}
-MOVED.update({path.rpartition(".")[2]: hint for path, hint in list(MOVED.items()) if ".architectures." in path})  # short class names
 # Lightning's own values of ckpt_path that are not files.
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 

@@ -26,13 +26,14 @@ ROOT = Path(lightning_vlm.__file__).parent
 ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 # Layers, lowest first: a module may import its own layer and those below, never one above.
-# registry/errors/precision know no other module; data knows only itself; encoders, models and the image
+# registry/errors/precision/compat know no other module (compat names its successors as strings);
+# data knows only itself; encoders, models and the image
 # heads build on data; eval generates with a model and scores it (the evaluator, FD, encoder
 # checks); training assembles models, heads, encoders and eval into the LightningModule;
 # export/callbacks/study drive training; the CLI sits on top. A module's layer is that of its
 # longest listed prefix.
 LAYERS = {
-    "lightning_vlm.errors": 0, "lightning_vlm.registry": 0, "lightning_vlm.precision": 0,
+    "lightning_vlm.errors": 0, "lightning_vlm.registry": 0, "lightning_vlm.precision": 0, "lightning_vlm.compat": 0,
     "lightning_vlm.data": 1,
     "lightning_vlm.encoders": 2, "lightning_vlm.models": 2, "lightning_vlm.heads": 2,
     "lightning_vlm.eval": 3, "lightning_vlm.smartwatch": 3,

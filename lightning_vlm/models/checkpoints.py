@@ -1,4 +1,5 @@
-"""What a VLM checkpoint (of `training.UnifiedVLM`) holds, and the upgrade of checkpoints written before the model/head split.
+"""What a VLM checkpoint (of `training.UnifiedVLM`) holds, and the upgrade of checkpoints written before the model/head split
+(the table of former classes is in `compat`, with the package's other old names).
 
 - An hf: backbone's frozen pretrained weights are left out of checkpoints (under LoRA a checkpoint
   holds the adapters, projectors and heads, not the whole LM) and read back from the model folder.
@@ -16,19 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..compat import DROPPED_HYPERPARAMETERS as DROPPED
+from ..compat import FORMER_ARCHITECTURES as FORMER
+
 MODULE_CLASS = "lightning_vlm.training.UnifiedVLM"
-# Former class -> (head, {old hyperparameter: head option}, [(old state-dict prefix, new prefix)] of the head).
-FORMER = {
-    "lightning_vlm.architectures.discrete.DiscreteVLM": ("discrete", {"image_temperature": "temperature"}, [("image_head.", "model.image_head.")]),
-    "lightning_vlm.architectures.regression.RegressionVLM": (
-        "regression", {"regression_loss": "loss", "head_layers": "layers", "standardize_targets": "standardize_targets"},
-        [("image_head.", "model.image_head."), ("target_stats.", "model.image_head.target_stats."), ("target_norm", "model.image_head.target_norm")]),
-    "lightning_vlm.architectures.diffusion.DiffusionVLM": (
-        "diffusion", {"head_width": "width", "head_depth": "depth", "diffusion_repeats": "repeats", "sampling_steps": "sampling_steps",
-                      "noise_temperature": "noise_temperature", "mean_loss_weight": "mean_loss_weight"},
-        [("image_head.", "model.image_head.denoiser."), ("latent_scale", "model.image_head.latent_scale")]),
-}
-DROPPED = ("image_temperature", "reader")  # hyperparameters that left the model (reader: data.init_args.reader)
 
 
 def former_class(checkpoint: dict) -> str | None:
