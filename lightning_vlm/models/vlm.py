@@ -200,15 +200,17 @@ class VLM(nn.Module):
         parts = [self._token_losses(take_rows(batch, rows)) for rows in groups] if len(groups) > 1 else [self._token_losses(batch)]
         token_ce = torch.cat([p["token_ce"] for p in parts])
         task_of_token = torch.cat([p["task_of_token"] for p in parts])
-        zero = sum(p["zero"] for p in parts)  # keeps every group's graph: DDP wants a gradient for each weight
+        zero = parts[0]["zero"] if len(parts) == 1 else sum(p["zero"] for p in parts)  # ties every group's graph (DDP)
         out = {"text": token_ce.mean() if token_ce.numel() else zero}
         for i, task in enumerate(TASKS):
             sel = task_of_token == i
             if sel.any():
                 out[f"text/{task}"] = token_ce[sel].mean().detach()
         n_image = sum(p["n_image"] for p in parts)
-        # a head's loss is a mean over its tokens: weighting each group's by its count gives the batch mean
-        out["image"] = sum(p["image"] * p["n_image"] for p in parts) / n_image if n_image else zero
+        if len(parts) == 1:
+            out["image"] = parts[0]["image"] if n_image else zero
+        else:  # a head's loss is a mean over its tokens: weighting each group's by its count gives the batch mean
+            out["image"] = sum(p["image"] * p["n_image"] for p in parts) / n_image if n_image else zero
         out["total"] = out["text"] + self.image_loss_weight * out["image"]
         return out
 
