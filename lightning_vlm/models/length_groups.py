@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "loss_mask", "image_in_mask", "image_out_mask")
+from ..data.collate import MASKS
+
+SEQUENCE_KEYS = ("input_ids", *MASKS)  # [B, L]: trimmed with the rows
 
 
 def length_groups(lengths: torch.Tensor, min_saving: float = 0.2) -> list[torch.Tensor]:
