@@ -191,6 +191,34 @@ def test_a_schedule_goes_on_in_each_tasks_stream(tiny_data):
     assert len(generation) == len(set(generation)) == 9
 
 
+def test_a_list_of_batch_sizes_keeps_the_batch_count_per_epoch():
+    """Every epoch is 12 // 3 = 4 batches, each of its own epoch's size."""
+    sizes = {"vqa": 100, "caption": 100, "generation": 50}
+    plan = resolve_task_plan(["generation_only", {"vqa": 1, "generation": 1}], sizes, 12, batch_size=[2, 3])
+    assert plan == [{"generation": 8}, {"vqa": 6, "generation": 6}]
+
+
+def test_a_list_of_batch_sizes_needs_epoch_samples():
+    with pytest.raises(ValueError, match="batch_size as a list .* needs data.init_args.epoch_samples"):
+        resolve_task_plan("mixed", {"vqa": 10, "generation": 10}, None, batch_size=[2, 3])
+
+
+def test_each_epoch_batches_at_its_own_size(tiny_data):
+    dm = VLMDataModule(str(tiny_data), num_workers=0, batch_size=[2, 3], epoch_samples=6, image_tokens_in=4, image_tokens_out=5,
+                       task_weights=["generation_only", {"vqa": 1, "generation": 1}])
+    ds = dm.stream("train", train=True)
+    sizes = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        sizes.append([len(b["keys"]) for b in ds])
+    assert sizes == [[2, 2], [3, 3], [3, 3]]
+
+
+def test_evaluation_batches_at_the_largest_training_size(tiny_data):
+    dm = VLMDataModule(str(tiny_data), num_workers=0, batch_size=[2, 3], epoch_samples=6, image_tokens_in=4, image_tokens_out=5)
+    assert dm.stream("val", train=False).batch_size == 3
+
+
 def test_missing_data_dir_fails_with_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="lightning-vlm data smartwatch"):
         VLMDataModule(str(tmp_path / "nowhere"))

@@ -58,15 +58,30 @@ def resolve_task_samples(weights: str | dict[str, float], pool_sizes: dict[str, 
     return {t: int(round(total * w / norm)) for t, w in weights.items() if w > 0}
 
 
-def resolve_task_plan(weights, pool_sizes: dict[str, int], epoch_samples: int | None) -> dict[str, int] | list[dict[str, int]]:
-    """`resolve_task_samples` of one entry, or of each entry of a per-epoch list (which needs `epoch_samples`)."""
-    if not isinstance(weights, (list, tuple)):
-        return resolve_task_samples(weights, pool_sizes, epoch_samples)
-    if not weights:
+def resolve_task_plan(weights, pool_sizes: dict[str, int], epoch_samples: int | None,
+                      batch_size: int | list[int] = 1) -> dict[str, int] | list[dict[str, int]]:
+    """`resolve_task_samples` of one entry, or of each entry of a per-epoch list (which needs `epoch_samples`).
+
+    A per-epoch list of batch sizes keeps every epoch at the same number of batches (Lightning reads
+    a loader's length once): epoch_samples // the largest batch size, each of its own epoch's size.
+    """
+    if isinstance(weights, (list, tuple)) and not weights:
         raise ValueError("task_weights: an empty list; give one entry per epoch (the last repeats)")
+    sizes = list(batch_size) if isinstance(batch_size, (list, tuple)) else None
+    if sizes is not None and not sizes:
+        raise ValueError("batch_size: an empty list; give one entry per epoch (the last repeats)")
+    if not isinstance(weights, (list, tuple)) and sizes is None:
+        return resolve_task_samples(weights, pool_sizes, epoch_samples)
     if epoch_samples is None:
-        raise ValueError("task_weights as a list (one entry per epoch) needs data.init_args.epoch_samples: every epoch is that long")
-    return [resolve_task_samples(w, pool_sizes, epoch_samples) for w in weights]
+        what = "task_weights" if isinstance(weights, (list, tuple)) else "batch_size"
+        raise ValueError(f"{what} as a list (one entry per epoch) needs data.init_args.epoch_samples: every epoch is that long")
+    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if sizes is None:
+        return [resolve_task_samples(w, pool_sizes, epoch_samples) for w in weights]
+    batches = epoch_samples // max(sizes)
+    epochs = range(max(len(weights), len(sizes)))  # after both lists end, the last epoch repeats
+    return [resolve_task_samples(weights[min(e, len(weights) - 1)], pool_sizes, batches * sizes[min(e, len(sizes) - 1)])
+            for e in epochs]
 
 
 class VLMDataModule(pl.LightningDataModule):
@@ -76,7 +91,9 @@ class VLMDataModule(pl.LightningDataModule):
         data_dir: folder holding manifest.json, tokenizer.json and the shards.
         task_weights: "mixed", "understanding_only", "generation_only", or {task: weight}; or a list of
             these, one per epoch with the last repeated (a schedule; needs epoch_samples).
-        batch_size: samples per batch and rank; `eval_batch_size` for val/test (default: same).
+        batch_size: samples per batch and rank; or a list, one per epoch with the last repeated (needs
+            epoch_samples; every epoch is then epoch_samples // the largest size batches, each of its own
+            epoch's size). `eval_batch_size` for val/test (default: the largest).
         num_workers: DataLoader worker processes per rank.
         image_tokens_in / image_tokens_out: image slots per input / output image (the encoders' token counts).
         epoch_samples: samples per epoch over all ranks (default: one pass for presets).
@@ -106,7 +123,7 @@ class VLMDataModule(pl.LightningDataModule):
         self,
         data_dir: str = "data/smartwatch",
         task_weights: str | dict[str, float] | list[str | dict[str, float]] = "mixed",
-        batch_size: int = 32,
+        batch_size: int | list[int] = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         image_tokens_in: int = 64,
@@ -135,7 +152,7 @@ class VLMDataModule(pl.LightningDataModule):
             self.dataset.plan_generation({}, self._plan_fields)
         self.tokenizer = load_tokenizer(tokenizer or Path(self.data_dir) / self.manifest["tokenizer"])  # tokenizer.json or hf:/folder
         self.builder = SequenceBuilder(self.tokenizer, image_tokens_in, image_tokens_out, chat_template)
-        self.train_task_samples = resolve_task_plan(task_weights, self.pool_sizes(train_split), epoch_samples)
+        self.train_task_samples = resolve_task_plan(task_weights, self.pool_sizes(train_split), epoch_samples, batch_size)
         bad = set(eval_tasks or []) - set(TASKS)
         if bad:
             raise ValueError(f"eval_tasks: unknown task(s) {sorted(bad)}; known: {', '.join(TASKS)}")
@@ -146,6 +163,11 @@ class VLMDataModule(pl.LightningDataModule):
         """`generation_plan`'s attributes; None when it is `true` (every attribute)."""
         plan = self.hparams.generation_plan
         return None if isinstance(plan, bool) else list(plan)
+
+    @property
+    def _largest_batch(self) -> int:
+        sizes = self.hparams.batch_size
+        return max(sizes) if isinstance(sizes, (list, tuple)) else sizes
 
     @property
     def image_size(self) -> int:
@@ -179,7 +201,7 @@ class VLMDataModule(pl.LightningDataModule):
             task_samples = {t: sizes[t] for t in TASKS if t in wanted and t in sizes}
         return ShardStream(
             self.data_dir, split, task_samples, self.builder,
-            batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size),
+            batch_size=self.hparams.batch_size if train else (self.hparams.eval_batch_size or self._largest_batch),
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
             seed=self.data_seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
             length_buckets=self.hparams.length_buckets,

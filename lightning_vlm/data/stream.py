@@ -37,9 +37,9 @@ class ShardStream(IterableDataset):
     """Collated batches of one split for one (rank, worker) slot; see the module docstring.
 
     `task_samples` is {task: samples per epoch}, or a list of them, one per epoch (the last
-    repeats): a schedule, e.g. generation only first, then mixed. Every epoch of a training
-    schedule yields the same number of batches, its shortest epoch's, as Lightning reads the
-    loader's length once. `meta_transform` rewrites each decoded sample's meta before it is
+    repeats): a schedule, e.g. generation only first, then mixed. `batch_size` is an int, or a
+    list with one entry per epoch in the same way. Every epoch of a training schedule yields the
+    same number of batches, its shortest epoch's, as Lightning reads the loader's length once. `meta_transform` rewrites each decoded sample's meta before it is
     tokenised (e.g. the dataset's generation plan); it must be picklable for worker processes.
     """
 
@@ -49,7 +49,7 @@ class ShardStream(IterableDataset):
         split: str,
         task_samples: dict[str, int] | list[dict[str, int]],
         builder: SequenceBuilder,
-        batch_size: int,
+        batch_size: int | list[int],
         train: bool,
         rank: int = 0,
         world_size: int = 1,
@@ -65,7 +65,10 @@ class ShardStream(IterableDataset):
         plan = task_samples if isinstance(task_samples, list) else [task_samples]
         self.shards = {t: task_shards(manifest, data_dir, split, t) for epoch in plan for t in epoch}
         self.task_plan = [{t: n for t, n in epoch.items() if n > 0 and self.shards[t]} for epoch in plan]
-        self.split, self.builder, self.batch_size, self.train = split, builder, batch_size, train
+        self.batch_plan = list(batch_size) if isinstance(batch_size, (list, tuple)) else [batch_size]
+        if not self.batch_plan or min(self.batch_plan) < 1:
+            raise ValueError(f"batch_size must be >= 1, or a non-empty list of such (one per epoch); got {batch_size}")
+        self.split, self.builder, self.train = split, builder, train
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.max_length = seed, shuffle_buffer, max_length
         self.image_size = image_size if image_size is not None else manifest.get("image_size")
@@ -87,6 +90,14 @@ class ShardStream(IterableDataset):
         """{task: samples} of the current epoch."""
         return self.task_plan[min(self.epoch, len(self.task_plan) - 1)]
 
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch in the current epoch."""
+        return self._batch_size_of(self.epoch)
+
+    def _batch_size_of(self, epoch: int) -> int:
+        return self.batch_plan[min(epoch, len(self.batch_plan) - 1)]
+
     def read_before(self, task: str) -> int:
         """Samples of `task` in the epochs before the current one: where this epoch goes on in its stream."""
         return sum(self.task_plan[min(e, len(self.task_plan) - 1)].get(task, 0) for e in range(self.epoch))
@@ -98,7 +109,8 @@ class ShardStream(IterableDataset):
     def batches_per_slot(self) -> int:
         if not self.train:
             return -(-sum(self.quotas().values()) // self.batch_size)
-        return min(sum(self.quotas(epoch).values()) for epoch in self.task_plan) // self.batch_size
+        epochs = range(max(len(self.task_plan), len(self.batch_plan)))  # after both schedules, epochs repeat
+        return min(sum(self.quotas(self.task_plan[min(e, len(self.task_plan) - 1)]).values()) // self._batch_size_of(e) for e in epochs)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (all its workers together)."""
