@@ -143,6 +143,7 @@ VARIANTS = {
     "buckets": (True, 8, False, False),
     "compiled": (True, 8, True, False),
     "split": (True, 0, False, True),  # the config's batches, each run as a short and a long group
+    "split-compiled": (True, 0, True, True),  # the same, the backbone compiled (dynamic lengths: one graph for both groups)
 }
 
 
