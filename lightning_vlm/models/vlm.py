@@ -28,6 +28,8 @@ imperfect tokens, like the ones it samples itself.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -236,6 +238,8 @@ class VLM(nn.Module):
         """Training steps run the backbone compiled by torch.compile (dynamic length); evaluation and
         generation (KV cache, Python-side state) stay eager. A compiled bound method, not a module
         attribute, so the state dict keeps its keys."""
+        if not torch.cuda.is_available():  # a CUDA build of torch on a CPU machine logs "No CUDA runtime is found"
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # as inductor builds: nothing to act on
         self._train_backbone = torch.compile(self.backbone.forward, dynamic=True)
 
     # ---- generation --------------------------------------------------------------------------
