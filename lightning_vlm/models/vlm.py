@@ -10,7 +10,9 @@ back through the input projector: one shared space, as in the study.
 Each image-output slot is predicted from the hidden state one step before it; in training
 the slot itself holds the target token's features (teacher forcing). The image head is
 passed in (`lightning_vlm.heads`): it owns the image loss and how a token is sampled.
-loss = text CE on assistant tokens + image_loss_weight x image loss.
+loss = text CE on assistant tokens + image_loss_weight x image loss. The text CE is a mean over
+tokens; `text_task_weights` ({task: w}) counts each token of a task w times in it (default 1): a
+VQA row's answer is ~10 tokens against a caption's ~34, so per token the captions outweigh VQA.
 
 Output image tokens get a learned embedding of their slot index (0..N-1): with rotary
 positions alone, the state that predicts a token knows only relative offsets and must find
@@ -65,14 +67,20 @@ class VLM(nn.Module):
             must match the data module's `chat_template` so training batches and prompts agree.
         split_by_length: compute each batch as a short and a long group of rows, each with less padding
             (`models.length_groups`): the same losses, fewer padded tokens in mixed batches.
+        text_task_weights: {task: weight} of each task's tokens in the text CE (see the module docstring).
     """
 
     def __init__(self, tokenizer, input_encoder: nn.Module, backbone: nn.Module, head: nn.Module,
                  output_encoder: nn.Module | None = None, text_layers: tuple[nn.Module, nn.Module] | None = None,
                  misalign: nn.Module | None = None, standardize_features: bool = False, output_slot_embedding: bool = True,
                  input_position_embedding: bool = False, prompt_dropout: float = 0.0, context_noise: float = 0.0, image_loss_weight: float = 1.0,
-                 chat_template: bool = False, split_by_length: bool = False):
+                 chat_template: bool = False, split_by_length: bool = False, text_task_weights: dict[str, float] | None = None):
         super().__init__()
+        unknown = set(text_task_weights or {}) - set(TASKS)
+        if unknown:
+            raise ValueError(f"text_task_weights: unknown task(s) {sorted(unknown)}; known: {', '.join(TASKS)}")
+        if any(w < 0 for w in (text_task_weights or {}).values()):
+            raise ValueError(f"text_task_weights must be >= 0, got {text_task_weights}")
         if not 0 <= prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         if chat_template and prompt_dropout:
@@ -83,6 +91,8 @@ class VLM(nn.Module):
         self.tokenizer = tokenizer
         self.prompt_dropout, self.context_noise, self.image_loss_weight = prompt_dropout, context_noise, image_loss_weight
         self.split_by_length = split_by_length
+        weights = text_task_weights or {}
+        self.register_buffer("text_task_weights", torch.tensor([float(weights.get(t, 1.0)) for t in TASKS]), persistent=False)
         self.shared_space = output_encoder is None or output_encoder is input_encoder
         self.input_encoder = input_encoder
         self.output_encoder = input_encoder if self.shared_space else output_encoder
@@ -203,7 +213,7 @@ class VLM(nn.Module):
         token_ce = torch.cat([p["token_ce"] for p in parts])
         task_of_token = torch.cat([p["task_of_token"] for p in parts])
         zero = sum(p["zero"] for p in parts)  # ties every group's graph (DDP); 0 + x is exact
-        out = {"text": token_ce.mean() if token_ce.numel() else zero}
+        out = {"text": self._weighted_text_loss(token_ce, task_of_token) if token_ce.numel() else zero}
         for i, task in enumerate(TASKS):
             sel = task_of_token == i
             if sel.any():
@@ -215,6 +225,11 @@ class VLM(nn.Module):
             out["image"] = sum(p["image"] * p["n_image"] for p in parts) / n_image if n_image else zero
         out["total"] = out["text"] + self.image_loss_weight * out["image"]
         return out
+
+    def _weighted_text_loss(self, token_ce: torch.Tensor, task_of_token: torch.Tensor) -> torch.Tensor:
+        """The mean text CE with each token counted its task's weight times (all weights 1: the plain mean)."""
+        w = self.text_task_weights[task_of_token]
+        return (token_ce * w).sum() / w.sum().clamp_min(1e-12)
 
     def _token_losses(self, batch: dict) -> dict:
         """Per-token text CE (with each token's task), the image head's mean loss and its token count, and

@@ -65,6 +65,8 @@ class UnifiedVLM(pl.LightningModule):
         compile_backbone: train with the backbone compiled by torch.compile (the first steps pay the compile).
         split_by_length: run each batch as a short and a long group of rows, each padded only to its own
             longest (`models.length_groups`): the same losses with fewer padded tokens in mixed batches.
+        text_task_weights: {task: weight} of each task's tokens in the text loss (default 1 each), e.g.
+            {vqa: 2}: a VQA answer is ~10 tokens against a caption's ~34 (`models.VLM`).
         save_frozen_backbone: also store an hf: backbone's frozen weights in checkpoints (default: they are
             read back from the model folder at load; loading is then non-strict, for FSDP's own loader).
         chat_template: render conversations with the tokenizer's own chat template (an instruct LM's);
@@ -107,6 +109,7 @@ class UnifiedVLM(pl.LightningModule):
         save_frozen_backbone: bool = False,
         chat_template: bool = False,
         split_by_length: bool = False,
+        text_task_weights: dict[str, float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +125,7 @@ class UnifiedVLM(pl.LightningModule):
             standardize_features=standardize_features, output_slot_embedding=output_slot_embedding,
             input_position_embedding=input_position_embedding,
             prompt_dropout=prompt_dropout, context_noise=context_noise, image_loss_weight=image_loss_weight,
-            chat_template=chat_template, split_by_length=split_by_length)
+            chat_template=chat_template, split_by_length=split_by_length, text_task_weights=text_task_weights)
         if compile_backbone:
             self.model.compile_backbone()
         if backbone.startswith("hf:") and not save_frozen_backbone:
