@@ -39,8 +39,9 @@ class ShardStream(IterableDataset):
     `task_samples` is {task: samples per epoch}, or a list of them, one per epoch (the last
     repeats): a schedule, e.g. generation only first, then mixed. `batch_size` is an int, or a
     list with one entry per epoch in the same way. Every epoch of a training schedule yields the
-    same number of batches, its shortest epoch's, as Lightning reads the loader's length once. `meta_transform` rewrites each decoded sample's meta before it is
-    tokenised (e.g. the dataset's generation plan); it must be picklable for worker processes.
+    same number of batches, its shortest epoch's, as Lightning reads the loader's length once.
+    `meta_transform` rewrites each decoded sample's meta before it is tokenised (e.g. the
+    dataset's generation plan); it must be picklable for worker processes.
     """
 
     def __init__(

@@ -12,7 +12,7 @@ the slot itself holds the target token's features (teacher forcing). The image h
 passed in (`lightning_vlm.heads`): it owns the image loss and how a token is sampled.
 loss = text CE on assistant tokens + image_loss_weight x image loss. The text CE is a mean over
 tokens; `text_task_weights` ({task: w}) counts each token of a task w times in it (default 1): a
-VQA row's answer is ~10 tokens against a caption's ~34, so per token the captions outweigh VQA.
+VQA row's answer is ~10 tokens against a caption's ~34, so per row a caption outweighs a VQA answer.
 
 Output image tokens get a learned embedding of their slot index (0..N-1): with rotary
 positions alone, the state that predicts a token knows only relative offsets and must find
