@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from .collate import SequenceBuilder
 from .dataset import DatasetPlugin, Scorer, dataset_of, load_dataset
+from .epoch_plan import at_epoch
 from .hf_tokenizer import load_tokenizer
 from .shards import load_manifest
 from .stream import EpochLoader, ResumableLoader, ShardStream
@@ -60,28 +61,26 @@ def resolve_task_samples(weights: str | dict[str, float], pool_sizes: dict[str, 
 
 def resolve_task_plan(weights, pool_sizes: dict[str, int], epoch_samples: int | None,
                       batch_size: int | list[int] = 1) -> dict[str, int] | list[dict[str, int]]:
-    """`resolve_task_samples` of one entry, or of each entry of a per-epoch list (which needs `epoch_samples`).
+    """`resolve_task_samples` of one entry, or per epoch when task weights or batch sizes are per-epoch
+    lists (the last entry repeats; needs `epoch_samples`).
 
-    A per-epoch list of batch sizes keeps every epoch at the same number of batches (Lightning reads
-    a loader's length once): epoch_samples // the largest batch size, each of its own epoch's size.
+    A list of batch sizes keeps every epoch at the same number of batches (Lightning reads a loader's
+    length once): epoch_samples // the largest batch size, each of its own epoch's size.
     """
-    if isinstance(weights, (list, tuple)) and not weights:
-        raise ValueError("task_weights: an empty list; give one entry per epoch (the last repeats)")
-    sizes = list(batch_size) if isinstance(batch_size, (list, tuple)) else None
-    if sizes is not None and not sizes:
-        raise ValueError("batch_size: an empty list; give one entry per epoch (the last repeats)")
-    if not isinstance(weights, (list, tuple)) and sizes is None:
+    weights_listed, sizes_listed = isinstance(weights, (list, tuple)), isinstance(batch_size, (list, tuple))
+    if not weights_listed and not sizes_listed:
         return resolve_task_samples(weights, pool_sizes, epoch_samples)
+    weights = list(weights) if weights_listed else [weights]
+    sizes = list(batch_size) if sizes_listed else [batch_size]
+    for name, entries in (("task_weights", weights), ("batch_size", sizes)):
+        if not entries:
+            raise ValueError(f"{name}: an empty list; give one entry per epoch (the last repeats)")
     if epoch_samples is None:
-        what = "task_weights" if isinstance(weights, (list, tuple)) else "batch_size"
-        raise ValueError(f"{what} as a list (one entry per epoch) needs data.init_args.epoch_samples: every epoch is that long")
-    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-    if sizes is None:
-        return [resolve_task_samples(w, pool_sizes, epoch_samples) for w in weights]
+        name = "task_weights" if weights_listed else "batch_size"
+        raise ValueError(f"{name} as a list (one entry per epoch) needs data.init_args.epoch_samples: every epoch is that long")
     batches = epoch_samples // max(sizes)
-    epochs = range(max(len(weights), len(sizes)))  # after both lists end, the last epoch repeats
-    return [resolve_task_samples(weights[min(e, len(weights) - 1)], pool_sizes, batches * sizes[min(e, len(sizes) - 1)])
-            for e in epochs]
+    return [resolve_task_samples(at_epoch(weights, e), pool_sizes, batches * at_epoch(sizes, e) if sizes_listed else epoch_samples)
+            for e in range(max(len(weights), len(sizes)))]
 
 
 class VLMDataModule(pl.LightningDataModule):

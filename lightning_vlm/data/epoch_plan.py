@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def at_epoch(schedule: list, epoch: int):
+    """The entry of a per-epoch schedule (task weights, batch sizes) for `epoch`: its last entry repeats."""
+    return schedule[min(epoch, len(schedule) - 1)]
+
+
 @dataclass(frozen=True)
 class Segment:
     """Read samples [start, stop) of the tar at `path` (positions within that tar)."""

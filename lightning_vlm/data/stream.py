@@ -25,7 +25,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .collate import SequenceBuilder, collate
-from .epoch_plan import slot_quota, slot_segments
+from .epoch_plan import at_epoch, slot_quota, slot_segments
 from .shards import decode_sample, iter_raw_samples, load_manifest, task_shards
 
 log = logging.getLogger("lightning_vlm.data")
@@ -89,19 +89,16 @@ class ShardStream(IterableDataset):
     @property
     def task_samples(self) -> dict[str, int]:
         """{task: samples} of the current epoch."""
-        return self.task_plan[min(self.epoch, len(self.task_plan) - 1)]
+        return at_epoch(self.task_plan, self.epoch)
 
     @property
     def batch_size(self) -> int:
         """Samples per batch in the current epoch."""
-        return self._batch_size_of(self.epoch)
-
-    def _batch_size_of(self, epoch: int) -> int:
-        return self.batch_plan[min(epoch, len(self.batch_plan) - 1)]
+        return at_epoch(self.batch_plan, self.epoch)
 
     def read_before(self, task: str) -> int:
         """Samples of `task` in the epochs before the current one: where this epoch goes on in its stream."""
-        return sum(self.task_plan[min(e, len(self.task_plan) - 1)].get(task, 0) for e in range(self.epoch))
+        return sum(at_epoch(self.task_plan, e).get(task, 0) for e in range(self.epoch))
 
     def quotas(self, epoch_tasks: dict[str, int] | None = None) -> dict[str, int]:
         tasks = self.task_samples if epoch_tasks is None else epoch_tasks
@@ -111,7 +108,7 @@ class ShardStream(IterableDataset):
         if not self.train:
             return -(-sum(self.quotas().values()) // self.batch_size)
         epochs = range(max(len(self.task_plan), len(self.batch_plan)))  # after both schedules, epochs repeat
-        return min(sum(self.quotas(self.task_plan[min(e, len(self.task_plan) - 1)]).values()) // self._batch_size_of(e) for e in epochs)
+        return min(sum(self.quotas(at_epoch(self.task_plan, e)).values()) // at_epoch(self.batch_plan, e) for e in epochs)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (all its workers together)."""
