@@ -6,10 +6,16 @@ which is what lets a small model read and write `07:45:09` or `57%` exactly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# Each sample encodes 2-3 short strings: threads buy nothing there (42 us a sample without, 120 us with,
+# RESULTS Speed 2026-12-07), and in a loader worker their spinning takes cores from the training step.
+# A user's own setting wins. Read by `tokenizers` at every call, so it holds from here on.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PAD, UNK, BOS, EOT, USER, ASSISTANT, IMAGE, BOI, EOI = (
     "<pad>", "<unk>", "<bos>", "<eot>", "<user>", "<assistant>", "<image>", "<boi>", "<eoi>",
