@@ -9,7 +9,8 @@ many predictions per slot from the one hidden state: all at once (independent), 
 Why sequential: a slot of 2 x 2 codes is a quarter of the sequence positions, so a generation row
 costs far less, but four codes predicted at once lose each other as context and drew worse
 (benchmarks/RESULTS.md, Calibration, round 3, G3). A small residual MLP per code restores that
-context inside the slot, as RQ-Transformer's depth transformer does across a stack of codes.
+context inside the slot, as RQ-Transformer's depth transformer does across a stack of codes. At the
+CPU quickstart's micro scale it did not bring the drawing back (RESULTS, Calibration, round 10, R10S).
 """
 
 from __future__ import annotations
