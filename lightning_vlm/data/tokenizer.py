@@ -12,9 +12,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# Each sample encodes 2-3 short strings: threads buy nothing there (42 us a sample without, 120 us with,
-# RESULTS Speed 2026-12-07), and in a loader worker their spinning takes cores from the training step.
-# A user's own setting wins. Read by `tokenizers` at every call, so it holds from here on.
+# Each sample encodes 2-3 short strings: threads buy nothing there (59 vs 67 us a sample on idle cores,
+# 42 vs 120 us beside a training process; RESULTS, Speed, 2026-12-07), and in a loader worker they
+# only compete with the training step for the cores. A user's own setting wins. `tokenizers` reads it
+# at every call, so it holds from here on.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PAD, UNK, BOS, EOT, USER, ASSISTANT, IMAGE, BOI, EOI = (
