@@ -66,6 +66,10 @@ class DiscreteHead(ImageHead):
     def _place_logits(self, state: torch.Tensor) -> torch.Tensor:
         return self.proj(state + self.mixer(state))
 
+    def _code_logits(self, h: torch.Tensor, j: int, context) -> torch.Tensor:
+        """Logits [B, C] of code j of each slot, given the summed embeddings of its codes before j."""
+        return self._place_logits(h + self.places[j] + context).float()
+
     def loss(self, h, features, indices):
         logits = self(h, indices.reshape(*h.shape[:-1], self.codes_per_token)) if self.sequential else self(h)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), indices.reshape(-1))
@@ -85,14 +89,13 @@ class DiscreteHead(ImageHead):
 
     def sample(self, h, generator=None):
         if self.sequential:
-            return self._codes(self._sample_in_order(lambda j, ctx: self._place_logits(h + self.places[j] + ctx).float(), generator))
+            return self._codes(self._sample_in_order(lambda j, ctx: self._code_logits(h, j, ctx), generator))
         return self._codes(sample_logits(self(h).float(), self.temperature, generator))
 
     def guided_sample(self, h, h_uncond, scale, generator=None):
         if self.sequential:
             def guided(j, ctx):
-                cond = self._place_logits(h + self.places[j] + ctx).float()
-                uncond = self._place_logits(h_uncond + self.places[j] + ctx).float()
+                cond, uncond = self._code_logits(h, j, ctx), self._code_logits(h_uncond, j, ctx)
                 return uncond + scale * (cond - uncond)
             return self._codes(self._sample_in_order(guided, generator))
         cond, uncond = self(h).float(), self(h_uncond).float()
