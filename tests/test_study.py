@@ -206,11 +206,16 @@ def test_agreement_says_yes_only_when_every_comparison_replicates():
 
 def test_agreement_names_a_split_between_comparisons():
     assert agreement({"replicates": 1, "contradicts": 1, "inconclusive at this scale": 1}, 3) == (
-        "In part: 1 of 3 comparisons replicate the paper's claim, 1 contradict it and 1 do not decide at this scale.")
+        "In part: of 3 comparisons, 1 replicate the paper's claim, 1 contradict it and 1 do not decide at this scale.")
 
 
 def test_agreement_says_no_when_nothing_replicates_and_something_contradicts():
-    assert agreement({"contradicts": 1, "inconclusive at this scale": 3}, 4).startswith("No: 1 of 4")
+    assert agreement({"contradicts": 1, "inconclusive at this scale": 3}, 4) == (
+        "No: of 4 comparisons, 1 contradict the paper's claim and 3 do not decide at this scale.")
+
+
+def test_agreement_says_no_when_the_regimes_score_alike():
+    assert agreement({"no difference": 1}, 1) == "No: of 1 comparison, 1 show no difference at all."
 
 
 def test_agreement_waits_while_nothing_decides():
@@ -225,6 +230,7 @@ def test_verdicts_follow_the_interval():
     assert verdict(up, "lower") == "contradicts"
     assert verdict(wide) == f"inconclusive at this scale (3 seeds, CI [{wide.lo:+.3f}, {wide.hi:+.3f}])"
     assert verdict(mean_ci([0.3])) == "inconclusive at this scale (1 seed, no CI)"
+    assert verdict(mean_ci([0.0, 0.0, 0.0])) == "no difference (3 seeds, every pair scored the same)"
     two = mean_ci([0.30, 0.32])
     assert verdict(two).startswith("not yet a verdict (2 seeds, CI [")  # its CI excludes 0, but 2 seeds make no claim
 

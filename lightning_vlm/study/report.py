@@ -219,16 +219,16 @@ def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folde
 
 def agreement(counts: dict, total: int) -> str:
     """Whether this scale agrees with the paper, comparison by comparison (one word would hide a split)."""
-    replicated, contradicted = counts.get("replicates", 0), counts.get("contradicts", 0)
+    replicated, contradicted, alike = (counts.get(k, 0) for k in ("replicates", "contradicts", "no difference"))
     if total and replicated == total:
         return "Yes: every comparison replicates the paper's claim at this scale."
-    if not replicated and not contradicted:
+    if not replicated and not contradicted and not alike:
         return "Not yet: no comparison decides at this scale."
-    undecided = total - replicated - contradicted
-    if not replicated:
-        return f"No: {contradicted} of {total} comparisons contradict the paper's claim and {undecided} do not decide at this scale."
-    return (f"In part: {replicated} of {total} comparisons replicate the paper's claim, {contradicted} contradict it"
-            f" and {undecided} do not decide at this scale.")
+    undecided = total - replicated - contradicted - alike
+    parts = [f"{n} {what}" for n, what in ((replicated, "replicate the paper's claim"), (contradicted, "contradict it" if replicated else "contradict the paper's claim"),
+                                            (alike, "show no difference at all"), (undecided, "do not decide at this scale")) if n]
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return f"{'In part' if replicated else 'No'}: of {total} comparison{'s' if total != 1 else ''}, {listed}."
 
 
 def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:

@@ -66,13 +66,17 @@ MIN_SEEDS = 3  # a claim that A beats B needs at least 3 seeds (with 2, one luck
 
 def verdict(diff: Summary, expect: str = "higher") -> str:
     """'replicates' when the CI of the difference excludes 0 in the claimed direction, 'contradicts'
-    when it excludes 0 the other way, otherwise inconclusive with the numbers that make it so."""
+    when it excludes 0 the other way, 'no difference' when every seed's pair scored the same (a CI of
+    width 0 around 0 is not noise: the two regimes behave alike), otherwise inconclusive with the
+    numbers that make it so."""
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if diff.n < 2 or math.isnan(diff.lo):
         return f"inconclusive at this scale ({seeds}, no CI)"
     ci = f"CI [{diff.lo:+.3f}, {diff.hi:+.3f}]"
     if diff.n < MIN_SEEDS:
         return f"not yet a verdict ({seeds}, {ci}; a claim needs {MIN_SEEDS} seeds)"
+    if diff.mean == 0 and diff.sd == 0:
+        return f"no difference ({seeds}, every pair scored the same)"
     above, below = diff.lo > 0, diff.hi < 0
     if (above and expect == "higher") or (below and expect == "lower"):
         return "replicates"
