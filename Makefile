@@ -64,7 +64,7 @@ curriculum: install
 	done
 
 test: $(VENV)/.test-deps lint
-	$(BIN)/python -m pytest -q -n auto --dist loadscope   # one worker per core (tests/conftest.py splits the threads); a module stays on one worker, so its fixtures are built once
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --no-loadscope-reorder   # one worker per core (tests/conftest.py splits the threads and puts the slowest modules first); a module stays on one worker, so its fixtures are built once
 
 # The linter configured in pyproject.toml ([tool.ruff]); `make test` runs it first.
 lint: $(VENV)/.test-deps

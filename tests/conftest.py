@@ -14,6 +14,19 @@ if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# `make test` hands whole modules to the workers (--dist loadscope: a module's fixtures are built once),
+# in collection order (--no-loadscope-reorder). The slowest modules (pytest --durations on the 2-core
+# AVX2 EPYC) go first, so that the last ones to start are short and the two workers finish together;
+# every other module follows in its usual order.
+SLOWEST_FIRST = ("test_cli_runs.py", "test_cli_configs.py", "test_strategies.py", "test_study.py", "test_vlm.py",
+                 "test_errors.py", "test_configs.py", "test_ddp_data.py", "test_stage0.py", "test_eval_lockstep.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
+
+
 TINY = {
     "splits.train.images": 12,
     "splits.val.images": 5,
@@ -42,3 +55,11 @@ def encoders(tmp_path_factory, tiny_data):
     from tiny_encoders import export_tiny_encoders
 
     return export_tiny_encoders(tmp_path_factory.mktemp("enc"), image_size=32)
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory, tiny_data):
+    """The CLI tests' config layered over a shipped one (tests/cli_helpers.py): tiny data, encoders, reader and backbone."""
+    from cli_helpers import overlay_writer
+
+    return overlay_writer(tmp_path_factory.mktemp("cli"), tiny_data)

@@ -1,8 +1,9 @@
 """A command the user got wrong ends in a few lines that name the file or key and the fix, not a traceback.
 
-Through the real CLI (subprocesses, started together: each spends its time importing torch).
+Through the real CLI: each command in a child of one process that imported it once (tests/cli_forks.py).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tiny_encoders import export_tiny_encoders, export_tiny_reader
 ROOT = Path(__file__).parents[1]
 CELL = str(ROOT / "configs/smartwatch/vq_vq.yaml")
 MAX_LINES = 5
+FORKS = Path(__file__).with_name("cli_forks.py")
 
 
 def tiny_overlay(folder: Path, data: Path, enc: dict, reader_ckpt: Path, **model) -> str:
@@ -36,7 +38,7 @@ def tiny_overlay(folder: Path, data: Path, enc: dict, reader_ckpt: Path, **model
 
 @pytest.fixture(scope="module")
 def failures(tmp_path_factory, tiny_data):
-    """Each case's (command, result); the commands run at the same time."""
+    """Each case's (command and what to find, exit code, stdout, stderr)."""
     folder = tmp_path_factory.mktemp("errors")
     enc = export_tiny_encoders(folder, image_size=32)
     reader = export_tiny_reader(folder / "reader.ckpt")
@@ -69,14 +71,10 @@ def failures(tmp_path_factory, tiny_data):
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("LIGHTNING_VLM_DEBUG", None)
-    running = {name: subprocess.Popen([sys.executable, "-m", "lightning_vlm", *args], cwd=folder, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for name, (args, *_) in cases.items()}
-    results = {}
-    for name, proc in running.items():
-        out, err = proc.communicate(timeout=300)
-        results[name] = (cases[name], proc.returncode, out, err)
-    return results
+    (folder / "cases.json").write_text(json.dumps({name: args for name, (args, *_) in cases.items()}))
+    subprocess.run([sys.executable, str(FORKS), "cases.json", "results.json"], cwd=folder, env=env, check=True, timeout=600)
+    results = json.loads((folder / "results.json").read_text())
+    return {name: (cases[name], *results[name]) for name in cases}
 
 
 @pytest.mark.parametrize("case", ["data_dir", "tokenizer", "encoder", "reader", "cli_key", "yaml_key", "moved_class"])

@@ -1,10 +1,8 @@
-"""Every fast path against the plain one: RoPE, the compiled training backbone, multi-tensor AdamW."""
+"""Every fast path against the plain one: RoPE, multi-tensor AdamW (the compiled backbone: test_vlm.py)."""
 
 import torch
 
-from lightning_vlm.models.backbone import Backbone, BackboneConfig, apply_rope, rope_tables
-
-SMALL = BackboneConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, mlp_hidden=64, max_seq_len=64)
+from lightning_vlm.models.backbone import apply_rope, rope_tables
 
 
 def test_rope_is_a_complex_rotation_of_each_half_split_pair():
@@ -22,26 +20,6 @@ def test_rope_keeps_bf16_inputs_in_bf16():
     cos, sin = rope_tables(16, 8, 10000.0)
     x = torch.randn(1, 1, 4, 8, dtype=torch.bfloat16)
     assert apply_rope(x, cos[:4], sin[:4]).dtype == torch.bfloat16
-
-
-def test_compiled_backbone_matches_eager_loss_and_gradients():
-    """The `compile_backbone` training path under bf16 autocast: same loss and gradients as eager within
-    bf16 tolerance (one dtype only: each compile costs ~30 s here)."""
-    torch.manual_seed(0)
-    model = Backbone(SMALL)
-    compiled = torch.compile(model.forward, dynamic=True)
-    results = []
-    for fn in (model.forward, compiled):
-        model.zero_grad()
-        x = torch.randn(3, 11, SMALL.dim, generator=torch.Generator().manual_seed(1))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = fn(x).float().pow(2).mean()
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    tol = {"atol": 2e-2, "rtol": 2e-2}
-    torch.testing.assert_close(results[0][0], results[1][0], **tol)
-    for eager_grad, compiled_grad in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(eager_grad, compiled_grad, **tol)
 
 
 def test_foreach_adamw_takes_the_same_step_as_the_plain_loop():

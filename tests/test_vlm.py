@@ -442,6 +442,27 @@ def test_context_noise_perturbs_teacher_forced_image_tokens_in_training_only(tin
         make("diffusion", tiny_data, encoders, "ae", "ae", context_noise=-1)
 
 
+def test_compiled_backbone_gives_the_eager_losses_and_gradients(tiny_data, encoders, batch):
+    """`compile_backbone=True` (the quickstart's setting) trains through the compiled backbone, under bf16
+    autocast as on a bf16 CPU or GPU: the same losses and gradients as eager within bf16 tolerance. The one
+    training compile of the suite (~30-50 s on a CPU): the CLI tests of the shipped configs run eager."""
+    runs = {}
+    for compiled in (False, True):
+        model = make("discrete", tiny_data, encoders, "vq", "vq", compile_backbone=compiled).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = model(batch)
+        losses["total"].backward()
+        runs[compiled] = model, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    (eager, eager_losses, eager_grads), (fast, fast_losses, fast_grads) = runs[False], runs[True]
+    assert eager._train_backbone is None
+    assert fast._train_backbone is not None
+    for name in ("total", "text", "image"):
+        torch.testing.assert_close(fast_losses[name].float(), eager_losses[name].float(), atol=2e-2, rtol=2e-2)
+    assert fast_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=2e-2, rtol=2e-2, msg=name)
+
+
 def test_decoded_rows_are_cut_after_their_first_stop_token():
     assert _up_to_stop([5, 7, 2, 9, 2], {2}) == [5, 7, 2]  # rows that stopped early kept decoding: cut
     assert _up_to_stop([5, 7, 9], {2}) == [5, 7, 9]  # no stop within max_new_tokens: all of it
