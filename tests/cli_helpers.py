@@ -17,7 +17,8 @@ def overlay_writer(folder: Path, tiny_data: Path):
     reader = export_tiny_reader(folder / "reader.ckpt")
 
     def write(inp, out, groups=(1, 1), **trainer):
-        path = folder / f"overlay-{inp}-{out}-{groups[0]}-{groups[1]}-{len(trainer)}.yaml"
+        settings = "".join(f"-{k}={v}" for k, v in sorted(trainer.items()))  # one file per distinct overlay: none is rewritten
+        path = folder / f"overlay-{inp}-{out}-{groups[0]}-{groups[1]}{settings}.yaml"
         path.write_text(yaml.safe_dump({
             "trainer": {"accelerator": "cpu", **trainer},
             "model": {"init_args": {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli
+from cli_helpers import CELL, cli
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs/smartwatch").glob("*.yaml"))
@@ -40,8 +40,7 @@ def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
 
 
 def test_data_presets_compose(overlay, tmp_path):
-    config = ROOT / "configs/smartwatch/vq_vq.yaml"
-    out = cli("fit", "--config", str(config), "--config", str(ROOT / "configs/smartwatch/presets/generation_only.yaml"),
+    out = cli("fit", "--config", str(CELL), "--config", str(ROOT / "configs/smartwatch/presets/generation_only.yaml"),
               "--config", overlay("vq", "vq"), "--print_config", cwd=tmp_path)
     assert "task_weights: generation_only" in out
 
