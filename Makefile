@@ -15,10 +15,13 @@ $(BIN)/lightning-vlm: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.test-deps: $(BIN)/lightning-vlm
-	$(BIN)/pip install -q -e ".[test,hf]"  # hf: the Hugging Face backbone/encoder tests run too
-	$(BIN)/pip install -q -e plugins/lightning-vlm-flow
-	touch $@
+# One pip call for everything the tests need (the package with its extras and the plugin): a second
+# call would resolve the whole tree again. hf: the Hugging Face backbone/encoder tests run too.
+$(VENV)/.test-deps: pyproject.toml plugins/lightning-vlm-flow/pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,hf]" -e plugins/lightning-vlm-flow
+	touch $(BIN)/lightning-vlm $@
 
 install: $(BIN)/lightning-vlm
 

@@ -1,7 +1,10 @@
-"""What the CLI tests share: the tiny overlay layered over a shipped config, and running the real CLI."""
+"""What the CLI tests share: the tiny overlay layered over a shipped config, and running the real CLI (forked, tests/cli_forks.py)."""
 
+import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -9,6 +12,7 @@ from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
 CELL = ROOT / "configs/smartwatch/vq_vq.yaml"
+FORKS = Path(__file__).with_name("cli_forks.py")
 
 
 def overlay_writer(folder: Path, tiny_data: Path):
@@ -34,8 +38,37 @@ def overlay_writer(folder: Path, tiny_data: Path):
     return write
 
 
+class ForkServer:
+    """This worker's `cli_forks.py` process, started at the first command; it ends when the worker does (its stdin closes)."""
+
+    def __init__(self):
+        self.proc = None
+        self.log = tempfile.TemporaryFile("w+")
+
+    def run(self, request: dict) -> tuple[int | None, str, str]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, str(FORKS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.log, text=True, cwd=ROOT)
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            self.log.seek(0)
+            raise RuntimeError(f"the CLI fork server stopped: {self.log.read()[-3000:]}")
+        return tuple(json.loads(answer))
+
+
+SERVER = ForkServer()
+
+
+def run(*args, cwd, env=None, timeout=600) -> tuple[int | None, str, str]:
+    """`lightning-vlm ARGS` in a process of its own, forked from this worker's fork server: exit code, stdout, stderr."""
+    return SERVER.run({"args": [str(a) for a in args], "cwd": str(cwd), "env": dict(os.environ if env is None else env),
+                       "timeout": timeout})
+
+
 def cli(*args, cwd):
-    """`lightning-vlm ARGS` in its own process (as a user runs it): its stdout and stderr; fails the test on a non-zero exit."""
-    res = subprocess.run([sys.executable, "-m", "lightning_vlm", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
-    return res.stdout + res.stderr
+    """`lightning-vlm ARGS` as a user runs it: its stdout and stderr; fails the test on a non-zero exit."""
+    code, out, err = run(*args, cwd=cwd)
+    assert code == 0, out[-1500:] + err[-3000:]
+    return out + err

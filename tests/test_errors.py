@@ -3,20 +3,17 @@
 Through the real CLI: each command in a child of one process that imported it once (tests/cli_forks.py).
 """
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import run
 from tiny_encoders import export_tiny_encoders, export_tiny_reader
 
 ROOT = Path(__file__).parents[1]
 CELL = str(ROOT / "configs/smartwatch/vq_vq.yaml")
 MAX_LINES = 5
-FORKS = Path(__file__).with_name("cli_forks.py")
 
 
 def tiny_overlay(folder: Path, data: Path, enc: dict, reader_ckpt: Path, **model) -> str:
@@ -71,10 +68,7 @@ def failures(tmp_path_factory, tiny_data):
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("LIGHTNING_VLM_DEBUG", None)
-    (folder / "cases.json").write_text(json.dumps({name: args for name, (args, *_) in cases.items()}))
-    subprocess.run([sys.executable, str(FORKS), "cases.json", "results.json"], cwd=folder, env=env, check=True, timeout=600)
-    results = json.loads((folder / "results.json").read_text())
-    return {name: (cases[name], *results[name]) for name in cases}
+    return {name: (case, *run(*case[0], cwd=folder, env=env)) for name, case in cases.items()}
 
 
 @pytest.mark.parametrize("case", ["data_dir", "tokenizer", "encoder", "reader", "cli_key", "yaml_key", "moved_class"])
