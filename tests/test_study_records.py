@@ -165,6 +165,18 @@ def test_a_trend_is_the_slope_of_the_paired_difference_over_misalignment(tmp_pat
     assert "-0.900, CI [-1.148, -0.652], 3 seeds: **replicates**" in line
 
 
+def test_the_conclusion_of_a_trend_claim_follows_the_trend(tmp_path, monkeypatch):
+    """Mixed beats understanding only by the same margin at every misalignment: each group's comparison
+    replicates, but the gap does not shrink, so the claim (a trend) is not confirmed."""
+    spec = spec_of(axes={"cell": ["vq_vq"], "regime": ["mixed", "understanding_only"], "misalign": [0.0, 0.1, 0.2], "seed": [0, 1, 2]},
+                   trends=[{"a": "mixed", "b": "understanding_only", "metric": "vqa/total", "expect": "lower"}])
+    fake_children(monkeypatch, value=lambda regime, seed, fraction, split: 0.5 + 0.01 * seed + 0.3 * (regime == "mixed"))
+    StudyRunner(spec, tmp_path / "runs", records=tmp_path / "studies", root=ROOT, log=lambda line: None).run_all(expand(spec))
+    md = write_report(tmp_path / "studies", spec, {})["md"].read_text()
+    agree = next(x for x in md.splitlines() if x.startswith("*Does it agree?*"))
+    assert agree.startswith("*Does it agree?* No: of 1 trend, 1 show no difference at all.")
+
+
 def test_chance_levels_are_computed_and_the_best_constant_is_stronger():
     from lightning_vlm.smartwatch.chance import chance_levels
 

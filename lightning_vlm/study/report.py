@@ -167,8 +167,9 @@ def probe_lines(probes: dict, regime_order: list[str]) -> list[str]:
     return lines + [""]
 
 
-def trend_lines(t, values: dict, spec: Spec) -> list[str]:
-    """Slope of the paired a - b difference (final fraction, test) against misalignment, fitted per seed."""
+def trend_lines(t, values: dict, spec: Spec) -> tuple[list[str], list[str]]:
+    """Slope of the paired a - b difference (final fraction, test) against misalignment, fitted per seed:
+    the report's lines and one verdict per cell."""
     by_cell = defaultdict(dict)
     for (cell, misalign, variant), g in values.items():
         if misalign is None:
@@ -179,7 +180,7 @@ def trend_lines(t, values: dict, spec: Spec) -> list[str]:
         if common:
             last = common[-1]
             by_cell[(cell, variant)][misalign] = {k: a[last][k] - b[last][k] for k in set(a[last]) & set(b[last])}
-    lines = []
+    lines, verdicts = [], []
     for (cell, variant), by_level in sorted(by_cell.items()):
         levels = sorted(by_level)
         if len(levels) < 2:
@@ -191,9 +192,10 @@ def trend_lines(t, values: dict, spec: Spec) -> list[str]:
         lines += [f"#### Trend: {t.a} − {t.b} on {t.metric} against misalignment ({group_label((cell, None, variant))}; claim: slope {t.expect})", "",
                   "| misalignment | mean difference | seeds |", "|---|---|---|"]
         lines += [f"| {m:g} | {mean_ci(by_level[m].values()).mean:+.3f} | {len(by_level[m])} |" for m in levels]
+        verdicts.append(verdict(s, t.expect))
         lines += ["", f"Slope per unit of misalignment, fitted per seed over {len(levels)} levels: {s.mean:+.3f}, {ci}, {s.n} seeds: "
-                  f"**{verdict(s, t.expect)}**.", ""]
-    return lines
+                  f"**{verdicts[-1]}**.", ""]
+    return lines, verdicts
 
 
 def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folder: Path) -> list[str]:
@@ -217,32 +219,47 @@ def header_lines(records: list[dict], stale: list[str], spec: Spec | None, folde
     return lines
 
 
-def agreement(counts: dict, total: int) -> str:
+def agreement(counts: dict, total: int, noun: str = "comparison") -> str:
     """Whether this scale agrees with the paper, comparison by comparison (one word would hide a split)."""
     replicated, contradicted, alike = (counts.get(k, 0) for k in ("replicates", "contradicts", "no difference"))
     if total and replicated == total:
-        return "Yes: every comparison replicates the paper's claim at this scale."
+        return f"Yes: every {noun} replicates the paper's claim at this scale."
     if not replicated and not contradicted and not alike:
-        return "Not yet: no comparison decides at this scale."
+        return f"Not yet: no {noun} decides at this scale."
     undecided = total - replicated - contradicted - alike
     parts = [f"{n} {what}" for n, what in ((replicated, "replicate the paper's claim"), (contradicted, "contradict it" if replicated else "contradict the paper's claim"),
                                             (alike, "show no difference at all"), (undecided, "do not decide at this scale")) if n]
     listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-    return f"{'In part' if replicated else 'No'}: of {total} comparison{'s' if total != 1 else ''}, {listed}."
+    return f"{'In part' if replicated else 'No'}: of {total} {noun}{'s' if total != 1 else ''}, {listed}."
 
 
-def conclusion_lines(spec: Spec | None, verdicts: list[str]) -> list[str]:
-    if not spec:
-        return []
+def tally(verdicts: list[str]) -> tuple[dict, str]:
+    """{verdict: count} and its text ("3 inconclusive at this scale, 1 replicates")."""
     counts = defaultdict(int)
     for v in verdicts:
         counts[v.split(" (")[0]] += 1
-    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdict yet"
+    return counts, ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdict yet"
+
+
+def conclusion_lines(spec: Spec | None, verdicts: list[str], trend_verdicts: list[str] = ()) -> list[str]:
+    """The verdicts tallied against the paper. Where the spec names trends, the claim is the trend: the
+    comparisons within one group say whether mixing helps there, not how alignment changes it."""
+    if not spec:
+        return []
+    counts, shown = tally(verdicts)
     lines = ["## Conclusion", ""]
     if spec.conclusion.get("paper"):
         lines.append(f"*The paper's claim.* {spec.conclusion['paper']}")
-    lines.append(f"*What this scale shows.* Verdicts at the final fraction: {shown} (of {len(verdicts)} comparisons).")
-    lines.append(f"*Does it agree?* {agreement(counts, len(verdicts))}")
+    if spec.trends:
+        trend_counts, trend_shown = tally(list(trend_verdicts))
+        n = len(trend_verdicts)
+        lines.append(f"*What this scale shows.* Trend verdicts: {trend_shown} (of {n} trend{'s' if n != 1 else ''}). "
+                     f"Verdicts at the final fraction within each group: {shown} (of {len(verdicts)} comparisons).")
+        lines.append(f"*Does it agree?* {agreement(trend_counts, n, 'trend')} The claim is the trend; a comparison within one "
+                     "group says whether mixing helps there, not whether alignment changes it.")
+    else:
+        lines.append(f"*What this scale shows.* Verdicts at the final fraction: {shown} (of {len(verdicts)} comparisons).")
+        lines.append(f"*Does it agree?* {agreement(counts, len(verdicts))}")
     if spec.conclusion.get("gpu"):
         lines.append(f"*What the GPU scale would add.* {spec.conclusion['gpu']}")
     return lines + [""]
@@ -303,9 +320,12 @@ def write_report(folder: str | Path, spec: Spec | None = None, chance: dict | No
             if _plot(png, f"{group_label(group)}: {m} ({split})", series, regime_order, chance.get(m), xs, m):
                 pngs.append(png)
                 lines += [f"![{group_label(group)} {m}](plots/{png.name})", ""]
+    trend_verdicts = []
     for t in spec.trends if spec else []:
-        lines += trend_lines(t, values, spec)
-    lines += conclusion_lines(spec, verdicts)
+        block, found_verdicts = trend_lines(t, values, spec)
+        lines += block
+        trend_verdicts += found_verdicts
+    lines += conclusion_lines(spec, verdicts, trend_verdicts)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return {"csv": folder / "results.csv", "md": folder / "report.md", "png": pngs}
 
