@@ -306,6 +306,91 @@ def test_token_cache_gives_the_same_loss_as_encoding(tiny_data, encoders, batch,
     torch.testing.assert_close(cached, on_the_fly, rtol=1e-3, atol=1e-3)  # float16 storage
 
 
+@pytest.fixture(scope="module")
+def cached_data(tmp_path_factory, tiny_data, encoders):
+    """A copy of the tiny data with the vq tokenizer's token cache beside it."""
+    import shutil
+
+    from lightning_vlm.encoders.base import load_encoder_checkpoint
+    from lightning_vlm.encoders.cache import TokenCache
+
+    data = tmp_path_factory.mktemp("cached") / "data"
+    shutil.copytree(tiny_data, data)
+    TokenCache.build(data, "vq", encoders["vq"], load_encoder_checkpoint(encoders["vq"]), batch_size=8, progress=False)
+    return data
+
+
+def cached_module(cached_data, encoders):
+    module = make_module("discrete", cached_data, encoders, "vq", "vq").eval()
+    module.open_token_caches(str(cached_data))
+    return module
+
+
+def tiny_loader_batch(data, cached_splits=()):
+    dm = VLMDataModule(str(data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    dm.images_cached(cached_splits)
+    return dm, next(iter(dm.train_dataloader()))
+
+
+def test_a_model_with_token_caches_of_every_split_reads_them_all(cached_data, encoders):
+    assert cached_module(cached_data, encoders).model.cached_splits() == {"train", "val", "test"}
+
+
+def test_a_model_without_token_caches_reads_no_split_from_them(tiny_data, encoders):
+    assert make("discrete", tiny_data, encoders, "vq", "vq").cached_splits() == set()
+
+
+def test_training_batches_of_a_cached_split_leave_the_pngs_undecoded(cached_data):
+    _, batch = tiny_loader_batch(cached_data, {"train"})
+    assert batch["images"] is None
+
+
+def test_evaluation_batches_of_a_cached_split_keep_their_pixels(cached_data):
+    dm, _ = tiny_loader_batch(cached_data, {"train", "val"})
+    assert next(iter(dm.val_dataloader()))["images"] is not None
+
+
+def test_decode_cached_images_keeps_the_training_pixels(cached_data):
+    dm = VLMDataModule(str(cached_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16, decode_cached_images=True)
+    dm.images_cached({"train"})
+    assert next(iter(dm.train_dataloader()))["images"] is not None
+
+
+def test_a_batch_without_pixels_gives_the_loss_of_the_same_batch_with_them(cached_data, encoders):
+    model = cached_module(cached_data, encoders).model
+    _, with_pixels = tiny_loader_batch(cached_data)
+    _, without = tiny_loader_batch(cached_data, {"train"})
+    torch.manual_seed(0)
+    expected = model(with_pixels)["total"]
+    torch.manual_seed(0)
+    torch.testing.assert_close(model(without)["total"], expected)
+
+
+def test_a_batch_without_pixels_and_no_cache_names_the_fix(cached_data, encoders):
+    _, without = tiny_loader_batch(cached_data, {"train"})
+    with pytest.raises(ValueError, match="decode_cached_images"):
+        make("discrete", cached_data, encoders, "vq", "vq")(without)
+
+
+def test_a_fit_on_cached_data_trains_on_batches_without_pixels(cached_data, encoders):
+    import lightning.pytorch as pl
+
+    class Pixels(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(batch["images"] is None)
+
+    module = make_module("discrete", cached_data, encoders, "vq", "vq")
+    dm = VLMDataModule(str(cached_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    pixels = Pixels()
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[pixels])
+    trainer.fit(module, dm)
+    assert pixels.seen == [True]
+
+
 def test_tensorboard_gets_generated_grid_and_answers(tiny_data, encoders, tmp_path):
     """Eval batches come task by task: the grid must still appear though the first batch has no generation rows."""
     import lightning.pytorch as pl

@@ -124,7 +124,8 @@ class SequenceBuilder:
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
-    """Pads encoded samples (dicts from `SequenceBuilder.encode` plus image/meta) into a batch."""
+    """Pads encoded samples (dicts from `SequenceBuilder.encode` plus image/meta) into a batch; its
+    images are None when the stream left the PNGs undecoded (`ShardStream(decode_images=False)`)."""
     length = max(len(s["input_ids"]) for s in samples)
     b = len(samples)
     input_ids = np.full((b, length), pad_id, dtype=np.int64)
@@ -138,7 +139,7 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     return {
         "input_ids": torch.from_numpy(input_ids),
         **{name: torch.from_numpy(m) for name, m in masks.items()},
-        "images": torch.stack([s["image"] for s in samples]),
+        "images": None if any(s["image"] is None for s in samples) else torch.stack([s["image"] for s in samples]),
         "task": torch.tensor([TASK_INDEX[s["meta"]["task"]] for s in samples]),
         "is_padding": torch.tensor([bool(s.get("is_padding", False)) for s in samples]),
         "keys": [s["key"] for s in samples],

@@ -116,6 +116,9 @@ class VLMDataModule(pl.LightningDataModule):
             read when the loaders are built; 0 when there is none. Every rank must use the same seed.
         chat_template: render conversations with the tokenizer's own chat template (an hf: tokenizer of an
             instruct model; `data.chat_format`) instead of the project's format; the model must set it too.
+        decode_cached_images: decode the PNGs of training samples even when the model reads every one's
+            tokens from a token cache (it then never looks at them; decoding is most of the loader's CPU,
+            taken from the model's cores). For a callback that wants the training pixels.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class VLMDataModule(pl.LightningDataModule):
         reader: str | None = None,
         dataset: str | None = None,
         chat_template: bool = False,
+        decode_cached_images: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -156,6 +160,7 @@ class VLMDataModule(pl.LightningDataModule):
         if bad:
             raise ValueError(f"eval_tasks: unknown task(s) {sorted(bad)}; known: {', '.join(TASKS)}")
         self.skipped_samples = 0
+        self.cached_splits: set[str] = set()  # splits whose image tokens the model reads from its token caches
 
     @property
     def _plan_fields(self) -> list[str] | None:
@@ -189,6 +194,10 @@ class VLMDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    def images_cached(self, splits) -> None:
+        """The model reads every image of `splits` from its token caches: their training PNGs need no decoding."""
+        self.cached_splits = set(splits)
+
     def stream(self, split: str, train: bool, tasks: list[str] | None = None) -> ShardStream:
         """The split's sample stream; `tasks` replaces `eval_tasks` for an evaluation stream."""
         rank, world = self._rank_world()
@@ -204,6 +213,7 @@ class VLMDataModule(pl.LightningDataModule):
             train=train, rank=rank, world_size=world, num_workers=self.hparams.num_workers,
             seed=self.data_seed, shuffle_buffer=self.hparams.shuffle_buffer, max_length=self.hparams.max_length,
             length_buckets=self.hparams.length_buckets,
+            decode_images=not train or self.hparams.decode_cached_images or split not in self.cached_splits,
             meta_transform=partial(self.dataset.plan_generation, fields=self._plan_fields) if self.hparams.generation_plan else None,
         )
 

@@ -64,8 +64,11 @@ def iter_raw_samples(path: str, on_error: Callable[[str], None]) -> Iterator[dic
         yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
-def decode_sample(raw: dict, image_size: int | None = None) -> dict:
-    """{key, image [3,H,W] float in [0,1], meta} from raw bytes; raises ValueError on anything malformed."""
+def decode_sample(raw: dict, image_size: int | None = None, with_image: bool = True) -> dict:
+    """{key, image [3,H,W] float in [0,1], meta} from raw bytes; raises ValueError on anything malformed.
+
+    with_image=False leaves the PNG undecoded (image None): a model that reads the image's tokens from
+    a token cache never looks at the pixels, and decoding them is most of a loader's work."""
     key = raw.get("__key__", "?")
     if "png" not in raw or "json" not in raw:
         raise ValueError(f"sample {key} lacks {'png' if 'png' not in raw else 'json'}")
@@ -75,6 +78,8 @@ def decode_sample(raw: dict, image_size: int | None = None) -> dict:
         raise ValueError(f"sample {key}: malformed json ({exn})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("conversations"), list) or "task" not in meta:
         raise ValueError(f"sample {key}: json lacks task or conversations")
+    if not with_image:
+        return {"key": key, "image": None, "meta": meta}
     try:
         with Image.open(io.BytesIO(raw["png"])) as img:
             img = img.convert("RGB")

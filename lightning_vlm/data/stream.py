@@ -41,7 +41,9 @@ class ShardStream(IterableDataset):
     list with one entry per epoch in the same way. Every epoch of a training schedule yields the
     same number of batches, its shortest epoch's, as Lightning reads the loader's length once.
     `meta_transform` rewrites each decoded sample's meta before it is tokenised (e.g. the
-    dataset's generation plan); it must be picklable for worker processes.
+    dataset's generation plan); it must be picklable for worker processes. `decode_images=False` leaves
+    the PNGs undecoded (the batch's images are None): for a model that reads every image's tokens from
+    a token cache.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class ShardStream(IterableDataset):
         image_size: int | None = None,
         meta_transform: Callable[[dict], dict] | None = None,
         length_buckets: int = 0,
+        decode_images: bool = True,
     ):
         manifest = load_manifest(data_dir)
         plan = task_samples if isinstance(task_samples, list) else [task_samples]
@@ -75,6 +78,7 @@ class ShardStream(IterableDataset):
         self.image_size = image_size if image_size is not None else manifest.get("image_size")
         self.meta_transform = meta_transform
         self.length_buckets = length_buckets if train else 0
+        self.decode_images = decode_images
         self.epoch, self.skip_batches = 0, 0
         if len(self) == 0:
             raise ValueError(
@@ -161,7 +165,7 @@ class ShardStream(IterableDataset):
 
     def _prepare(self, raw: dict, on_error) -> dict | None:
         try:
-            sample = decode_sample(raw, self.image_size)
+            sample = decode_sample(raw, self.image_size, with_image=self.decode_images)
             if self.meta_transform is not None:
                 sample["meta"] = self.meta_transform(sample["meta"])
             sample.update(self.builder.encode(sample["meta"]))

@@ -177,6 +177,11 @@ class TokenCache:
             return None
         return cls(folder)
 
+    @property
+    def splits(self) -> set[str]:
+        """The data splits whose every image the cache holds (a build raises rather than leave one out)."""
+        return set(self.header["splits"])
+
     def has(self, image_ids: Sequence[str]) -> bool:
         return all(image_id in self.index for image_id in image_ids)
 

@@ -137,16 +137,27 @@ class VLM(nn.Module):
         return ids.masked_fill(self.prompt_mask(ids) & rows[:, None], self.tokenizer.id("<unk>"))
 
     # ---- embeddings ------------------------------------------------------------------------
+    def cached_splits(self) -> set[str]:
+        """Data splits whose every image both encoders read from their token caches (none without caches)."""
+        caches = [self.token_caches.get(side) for side in ("input", "output")]
+        if any(cache is None for cache in caches):
+            return set()
+        return caches[0].splits & caches[1].splits
+
     @torch.no_grad()
-    def encode_images(self, side: str, images: torch.Tensor, image_ids: list[str] | None = None):
+    def encode_images(self, side: str, images: torch.Tensor | None, image_ids: list[str] | None = None):
         """(features [B, N, F] float, indices [B, N] or None) of the `side` ("input"/"output") encoder;
-        from its token cache when the cache holds every id."""
+        from its token cache when the cache holds every id. `images` is None when the loader left the
+        PNGs undecoded because the caches hold the split (`VLMDataModule.images_cached`)."""
         cache = self.token_caches.get(side)
         encoder = self.input_encoder if side == "input" else self.output_encoder
         if cache is not None and image_ids is not None and cache.has(image_ids):
             feats, idx = cache.lookup(image_ids)
             feats, idx = encoder.from_cache(feats, idx)  # e.g. grouped tokens over the cached encoder's
             return feats.to(self.device), None if idx is None else idx.to(self.device)
+        if images is None:
+            raise ValueError(f"the {side} token cache lacks images of this batch and the loader did not decode them; "
+                             "rebuild the cache with `lightning-vlm encode`, or set data.init_args.decode_cached_images: true")
         feats, idx = encoder.encode(images.float())
         return feats.float(), idx
 
@@ -177,15 +188,17 @@ class VLM(nn.Module):
         emb = self.text_embeddings(ids)
         image_ids = [m["image_id"] for m in batch["meta"]] if "meta" in batch else None
         pick = lambda rows: None if image_ids is None else [image_ids[i] for i in rows.nonzero().flatten().tolist()]  # noqa: E731
+        images = batch["images"]
+        pixels = lambda rows: None if images is None else images[rows]  # noqa: E731
         targets = {}
         rows = in_mask.any(1)
         if rows.any():
-            feats, _ = self.encode_images("input", batch["images"][rows], pick(rows))
+            feats, _ = self.encode_images("input", pixels(rows), pick(rows))
             _check_slots(in_mask[rows], feats.shape[1], "input")
             emb = emb.masked_scatter(in_mask[..., None], self.embed_input_images(feats).to(emb.dtype))
         rows = out_mask.any(1)
         if rows.any():
-            feats, idx = self.encode_images("output", batch["images"][rows], pick(rows))
+            feats, idx = self.encode_images("output", pixels(rows), pick(rows))
             _check_slots(out_mask[rows], feats.shape[1], "output")
             emb = emb.masked_scatter(out_mask[..., None], self.embed_output_tokens(self.add_context_noise(feats)).to(emb.dtype))
             targets = {"features": feats.reshape(-1, feats.shape[-1]), "indices": None if idx is None else idx.reshape(-1)}

@@ -169,6 +169,8 @@ class UnifiedVLM(pl.LightningModule):
                 raise ValueError(f"data.image_tokens_{side} is {n} but the {side}put encoder gives {enc.num_tokens} tokens: set data.init_args.image_tokens_{side}: {enc.num_tokens}")
         if self.hparams.use_token_cache and hasattr(dm, "data_dir"):
             self.open_token_caches(dm.data_dir)
+            if hasattr(dm, "images_cached"):
+                dm.images_cached(self.model.cached_splits())
 
     def open_token_caches(self, data_dir: str) -> None:
         from ..encoders.cache import TokenCache
