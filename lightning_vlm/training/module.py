@@ -27,6 +27,7 @@ from ..eval.evaluator import GenerationSettings, VLMEvaluator, select_rows
 from ..models import checkpoints
 from .build import build_vlm
 from .examples import format_metrics, log_examples, save_generated_grid, tensorboard
+from .optimizers import MuonWithAdamW
 from .strategies import check_meta_weights, fsdp_root, rank_zero_object
 
 # The frozen image encoders stay in eval mode by design (their BatchNorm statistics are part of the
@@ -67,6 +68,9 @@ class UnifiedVLM(pl.LightningModule):
             longest (`models.length_groups`): the same losses with fewer padded tokens in mixed batches.
         text_task_weights: {task: weight} of each task's tokens in the text loss (default 1 each), e.g.
             {vqa: 2}: a VQA answer is ~10 tokens against a caption's ~34 (`models.VLM`).
+        optimizer: "adamw", or "muon": the backbone's hidden matrices by Muon (orthogonalised momentum,
+            its update scaled to AdamW's so lr and schedule carry over), the rest by AdamW
+            (`training.optimizers`).
         save_frozen_backbone: also store an hf: backbone's frozen weights in checkpoints (default: they are
             read back from the model folder at load; loading is then non-strict, for FSDP's own loader).
         chat_template: render conversations with the tokenizer's own chat template (an instruct LM's);
@@ -110,9 +114,12 @@ class UnifiedVLM(pl.LightningModule):
         chat_template: bool = False,
         split_by_length: bool = False,
         text_task_weights: dict[str, float] | None = None,
+        optimizer: str = "adamw",
     ):
         super().__init__()
         self.save_hyperparameters()
+        if optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon (the backbone's hidden matrices by Muon, the rest by AdamW); got {optimizer!r}")
         bad = set(freeze or []) - set(FREEZABLE)
         if bad:
             raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
@@ -367,17 +374,28 @@ class UnifiedVLM(pl.LightningModule):
         hp, m = self.hparams, self.model
         projector_params = {id(p) for part in (m.input_projector, m.output_projector) for p in part.parameters()}
         encoders = ("model.input_encoder", "model.output_encoder")
-        trainable = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(encoders)]
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith(encoders)]
+        hidden = {id(p) for n, p in named if hp.optimizer == "muon" and is_hidden_matrix(n, p)}
+        trainable = [p for _, p in named if id(p) not in hidden]
         groups = [
             {"params": [p for p in trainable if id(p) not in projector_params], "lr": hp.lr},
             {"params": [p for p in trainable if id(p) in projector_params], "lr": hp.projector_lr or hp.lr},
         ]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), foreach=True)  # fused=True would forbid Lightning's gradient clipping
+        if hidden:
+            optimizer = MuonWithAdamW([{"params": [p for _, p in named if id(p) in hidden], "lr": hp.lr}], groups,
+                                      weight_decay=hp.weight_decay, betas=(0.9, 0.95))
+        else:
+            optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), foreach=True)  # fused=True would forbid Lightning's gradient clipping
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(hp.warmup_ratio * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total, floor=hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
+    """A backbone's 2-D weight that is neither an embedding nor an output head: what Muon steps."""
+    return name.startswith("model.backbone.") and param.ndim == 2 and not any(k in name for k in ("embed", "lm_head", "wte"))
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
