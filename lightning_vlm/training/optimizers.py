@@ -101,13 +101,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def state(self) -> dict:
         return {**self.muon.state, **self.adamw.state}
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.muon.step()
+        loss = self.muon.step(closure)  # runs the closure (forward and backward) once, before either update
         self.adamw.step()
         return loss
 
