@@ -11,6 +11,7 @@ names its run folder once (`trainer.default_root_dir`); the logger and checkpoin
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +19,16 @@ from pathlib import Path
 # Lightning's pytree helper calls an API that newer torch releases deprecate, once per fit: nothing a
 # user of this package can act on (the frozen encoders' eval-mode notice is silenced in training.module).
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's tip to install its cloud logger, printed by every run that uses another logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 LIGHTNING_VERBS = {"fit", "validate", "test", "predict"}
 DEFAULTS = Path(__file__).with_name("defaults.yaml")

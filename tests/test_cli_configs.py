@@ -26,7 +26,7 @@ def token_groups_of(config: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
     """Fit and test, then what a user could not act on: the frozen encoders' eval-mode notice and Lightning's
-    pytree deprecation are silenced (issue 22)."""
+    pytree deprecation are silenced, and so is Lightning's tip to install its cloud logger (issue 22)."""
     layer = overlay(*encoders_of(config), groups=token_groups_of(config))
     fast = ["--model.init_args.head_options", "{sampling_steps: 2}"] if "diffusion" in config.stem else []
     fast += ["--model.init_args.compile_backbone", "false"]  # a cold compile is ~100 s here; test_vlm.py checks the compiled path
@@ -36,7 +36,7 @@ def test_fast_dev_run_fit_and_test(config, overlay, tmp_path):
     for name in ("test/vqa/total", "test/vqa/weather", "test/caption/recall", "test/gen/weather", "test/gen/fd_reader"):
         assert name in metrics, (name, sorted(metrics))
     assert "test/vqa/total" in out
-    assert [line for line in fitted.splitlines() if "LeafSpec" in line or "in eval mode at the start" in line] == []
+    assert [line for line in fitted.splitlines() if "LeafSpec" in line or "in eval mode at the start" in line or "litlogger" in line] == []
 
 
 def test_data_presets_compose(overlay, tmp_path):

@@ -152,3 +152,25 @@ def test_a_schedule_scales_the_groups_of_a_reloaded_state():
     optimizer.load_state_dict(copy_module.deepcopy(muon_adamw(tiny_net(), lr=0.01).state_dict()))
     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
     assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_muon_lr_without_muon_names_the_fix(tiny_data, encoders):
+    with pytest.raises(ValueError, match="set optimizer: muon"):
+        UnifiedVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(encoders["vq"]), backbone="tiny",
+                   backbone_overrides=TINY_BACKBONE, muon_lr=1e-2)
+
+
+def test_muon_lr_scales_the_muon_half_only(tiny_data, encoders, tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_vlm.data.datamodule import VLMDataModule
+
+    module = UnifiedVLM(tokenizer_path=str(tiny_data / "tokenizer.json"), input_encoder=str(encoders["vq"]), backbone="tiny",
+                        backbone_overrides=TINY_BACKBONE, optimizer="muon", lr=1e-3, muon_lr=3e-3)
+    dm = VLMDataModule(str(tiny_data), batch_size=9, num_workers=0, image_tokens_in=16, image_tokens_out=16)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, dm)
+    optimizer = trainer.optimizers[0]
+    muon_lr, adamw_lr = optimizer.muon.param_groups[0]["lr"], optimizer.adamw.param_groups[0]["lr"]
+    assert muon_lr == pytest.approx(3 * adamw_lr)

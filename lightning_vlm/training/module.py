@@ -70,7 +70,7 @@ class UnifiedVLM(pl.LightningModule):
             {vqa: 2}: a VQA answer is ~10 tokens against a caption's ~34 (`models.VLM`).
         optimizer: "adamw", or "muon": the backbone's hidden matrices by Muon (orthogonalised momentum,
             its update scaled to AdamW's so lr and schedule carry over), the rest by AdamW
-            (`training.optimizers`).
+            (`training.optimizers`). muon_lr: the Muon half's peak lr (default: lr), under the same schedule.
         save_frozen_backbone: also store an hf: backbone's frozen weights in checkpoints (default: they are
             read back from the model folder at load; loading is then non-strict, for FSDP's own loader).
         chat_template: render conversations with the tokenizer's own chat template (an instruct LM's);
@@ -115,11 +115,14 @@ class UnifiedVLM(pl.LightningModule):
         split_by_length: bool = False,
         text_task_weights: dict[str, float] | None = None,
         optimizer: str = "adamw",
+        muon_lr: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         if optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be adamw or muon (the backbone's hidden matrices by Muon, the rest by AdamW); got {optimizer!r}")
+        if muon_lr is not None and optimizer != "muon":
+            raise ValueError(f"muon_lr is the Muon half's lr: set optimizer: muon, or leave muon_lr out (got optimizer {optimizer!r})")
         bad = set(freeze or []) - set(FREEZABLE)
         if bad:
             raise ValueError(f"freeze: unknown part(s) {sorted(bad)}; known: {', '.join(FREEZABLE)}")
@@ -383,7 +386,7 @@ class UnifiedVLM(pl.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         if hidden:
-            optimizer = MuonWithAdamW([{"params": [p for _, p in named if id(p) in hidden], "lr": hp.lr}], groups,
+            optimizer = MuonWithAdamW([{"params": [p for _, p in named if id(p) in hidden], "lr": hp.muon_lr or hp.lr}], groups,
                                       weight_decay=hp.weight_decay, betas=(0.9, 0.95))
         else:
             optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, betas=(0.9, 0.95), foreach=True)  # fused=True would forbid Lightning's gradient clipping
